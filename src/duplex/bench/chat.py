@@ -1,0 +1,392 @@
+"""Messenger load: K sender/receiver pairs through a hub, measured end to end.
+
+Each pair is two lean clients that speak the real protocol through the sans-I/O
+:class:`~duplex.protocol.hub.HubClientSession` but keep nothing on disk (the load
+generator must not measure its own SQLite): the sender keeps ``window`` messages in
+flight (a new one leaves when the hub says ``Stored``, so every message is durable at
+the hub before the next takes its place), the receiver acks what it receives once per
+read (cumulatively, as the real client does) and records the latency from the moment
+the message was sent to the moment it arrived. Receipts flow back to the sender and
+are acked too, so the hub does all the work of a real conversation.
+
+With ``rate`` set, senders follow a fixed schedule instead (open loop) and latency is
+measured from the *scheduled* send time, so a stall at the hub shows in the numbers
+rather than slowing the generator down (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from duplex.bench.histogram import LatencyRecorder, summarize
+from duplex.errors import RemoteError
+from duplex.protocol.events import Closed, Received
+from duplex.protocol.hub import HubClientSession, SessionConfig
+from duplex.wire import messages as m
+
+__all__ = ["RelayResult", "plot_chat", "register_users", "run_direct", "run_relay"]
+
+PASSWORD = "bench-password"
+
+
+class _Lean(asyncio.Protocol):
+    """One lean client connection."""
+
+    def __init__(self, user: str, on_message: Callable[[_Lean, list[m.Message]], None]) -> None:
+        self.user = user
+        self.loop = asyncio.get_running_loop()
+        self.session = HubClientSession(SessionConfig(heartbeat=5, grace=60), self.loop.time())
+        self.on_message = on_message
+        self.transport: asyncio.Transport | None = None
+        self.welcome: asyncio.Future[m.Welcome] = self.loop.create_future()
+        self.last_seq = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.flush()
+
+    def flush(self) -> None:
+        transport = self.transport
+        out = self.session.data_to_send()
+        if out and transport is not None and not transport.is_closing():
+            transport.writelines([c for c in out if c])
+
+    def data_received(self, data: bytes) -> None:
+        self.session.receive_data(data, self.loop.time())
+        messages = []
+        for event in self.session.events_received():
+            if isinstance(event, Received):
+                msg = event.message
+                if isinstance(msg, m.Welcome):
+                    self.welcome.set_result(msg)
+                elif isinstance(msg, m.Error) and not self.welcome.done():
+                    self.welcome.set_exception(RemoteError(msg.code, msg.message))
+                else:
+                    messages.append(msg)
+            elif isinstance(event, Closed) and not self.welcome.done():
+                self.welcome.set_exception(ConnectionError(event.reason))
+        if messages:
+            self.on_message(self, messages)
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.welcome.done():
+            self.welcome.set_exception(ConnectionError(str(exc)))
+
+
+@dataclasses.dataclass
+class RelayResult:
+    """What one relay run measured."""
+
+    pairs: int
+    window: int
+    payload: int
+    duration: float
+    delivered: int
+    errors: int
+    rate: float | None
+    latency_ms: dict[str, float]
+    generator_cpu: float
+    path: str = "relayed"
+    histogram: str = ""
+    """The latency histogram, encoded (see :func:`duplex.bench.histogram.decode_histogram`)."""
+
+    @property
+    def per_second(self) -> float:
+        """Messages delivered per second (after the warm-up)."""
+        return self.delivered / self.duration if self.duration else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        data = dataclasses.asdict(self)
+        data["per_second"] = self.per_second
+        return data
+
+
+async def register_users(address: tuple[str, int], users: list[str], concurrency: int = 20) -> None:
+    """Registers every user (an existing name is fine)."""
+    from duplex.client import register
+
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(user: str) -> None:
+        async with sem:
+            with contextlib.suppress(RemoteError):
+                await register(address, user, PASSWORD, timeout=60)
+
+    await asyncio.gather(*(one(u) for u in users))
+
+
+async def _login(
+    address: tuple[str, int], user: str, handler: Callable[[_Lean, list[m.Message]], None]
+) -> _Lean:
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_connection(lambda: _Lean(user, handler), *address)
+    proto.session.send(m.Login(rid=1, user=user, device=f"bench-{user}", password=PASSWORD))
+    proto.flush()
+    await asyncio.wait_for(proto.welcome, 60)
+    return proto
+
+
+async def run_relay(
+    address: tuple[str, int],
+    *,
+    pairs: int = 100,
+    window: int = 1,
+    payload: int = 64,
+    duration: float = 5.0,
+    warmup: float = 1.0,
+    rate: float | None = None,
+    prefix: str = "b",
+) -> RelayResult:
+    """Drives ``pairs`` conversations through the hub at ``address`` and measures them.
+
+    Args:
+        address: the hub.
+        pairs: sender/receiver pairs (users ``{prefix}s{i}`` and ``{prefix}r{i}``).
+        window: messages in flight per pair (closed loop).
+        payload: bytes of each message body (at least the timestamp it carries).
+        duration: measured seconds, after ``warmup`` unmeasured ones.
+        warmup: seconds before measuring.
+        rate: total messages per second (open loop), or None for the closed loop.
+        prefix: user-name prefix (users must be registered, see :func:`register_users`).
+    """
+    loop = asyncio.get_running_loop()
+    recorder = LatencyRecorder()
+    measuring = False
+    delivered = 0
+    errors = 0
+    stopping = False
+    pad = "x" * max(0, payload - 20)
+    senders: list[_Lean] = []
+
+    def on_receiver(proto: _Lean, messages: list[m.Message]) -> None:
+        nonlocal delivered
+        now = time.perf_counter()
+        upto = 0
+        for msg in messages:
+            if isinstance(msg, m.Deliver):
+                upto = msg.seq
+                if msg.kind == "msg" and measuring:
+                    sent = float(msg.body[:20])
+                    recorder.record(now - sent)
+                    delivered += 1
+        if upto:
+            proto.session.send(m.Ack(upto=upto))
+
+    def on_sender(proto: _Lean, messages: list[m.Message]) -> None:
+        nonlocal errors
+        upto = 0
+        for msg in messages:
+            if isinstance(msg, m.Stored):
+                if rate is None and not stopping:
+                    send(proto)
+            elif isinstance(msg, m.Deliver):
+                upto = msg.seq  # receipts
+            elif isinstance(msg, m.Error):
+                errors += 1
+                if rate is None and not stopping:
+                    send(proto)
+        if upto:
+            proto.session.send(m.Ack(upto=upto))
+
+    peer_of: dict[str, str] = {}
+
+    def send(proto: _Lean, when: float | None = None) -> None:
+        stamp = f"{when if when is not None else time.perf_counter():<20.9f}"[:20]
+        proto.session.send(m.Send(id=os.urandom(16), to=peer_of[proto.user], body=stamp + pad))
+
+    receivers = [await _login(address, f"{prefix}r{i}", on_receiver) for i in range(pairs)]
+    for i in range(pairs):
+        peer_of[f"{prefix}s{i}"] = f"{prefix}r{i}"
+        senders.append(await _login(address, f"{prefix}s{i}", on_sender))
+    if rate is None:
+        for proto in senders:
+            for _ in range(window):
+                send(proto)
+            proto.flush()
+    else:
+        # Open loop: message k leaves at start + k / rate, from sender k mod pairs.
+        async def schedule() -> None:
+            interval = 1.0 / rate
+            k = 0
+            base = time.perf_counter()
+            while not stopping:
+                due = base + k * interval
+                delay = due - time.perf_counter()
+                if delay > 0.0005:
+                    await asyncio.sleep(delay)
+                proto = senders[k % pairs]
+                send(proto, due)
+                proto.flush()
+                k += 1
+
+        ticker = loop.create_task(schedule())
+    await asyncio.sleep(warmup)
+    measuring = True
+    delivered = 0
+    began = loop.time()
+    cpu1 = time.process_time()
+    await asyncio.sleep(duration)
+    measuring = False
+    elapsed = loop.time() - began
+    cpu = (time.process_time() - cpu1) / elapsed if elapsed else 0.0
+    stopping = True
+    if rate is not None:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+    total = delivered
+    for proto in senders + receivers:
+        if proto.transport is not None:
+            proto.transport.close()
+    recorder.flush()
+    return RelayResult(
+        pairs=pairs,
+        window=window,
+        payload=payload,
+        duration=elapsed,
+        delivered=total,
+        errors=errors,
+        rate=rate,
+        latency_ms=summarize(recorder.hist),
+        generator_cpu=cpu,
+        histogram=recorder.encoded(),
+    )
+
+
+async def run_direct(
+    address: tuple[str, int],
+    *,
+    pairs: int = 10,
+    window: int = 8,
+    payload: int = 64,
+    duration: float = 5.0,
+    warmup: float = 1.0,
+    prefix: str = "d",
+) -> RelayResult:
+    """Like :func:`run_relay`, over direct peer links (full clients, histories in memory).
+
+    Use other users than a relay run just before (``prefix``): the hub relays to a user
+    with several sessions, and the relay run's sessions may not all be gone yet.
+
+    Each pair's first message sets up the link (introduction, dial, pinned TLS,
+    ticket); the warm-up absorbs it. The latency is from the send to the receiver's
+    ``MessageReceived``; a message counts when the receiver has it.
+    """
+    from duplex.client import Client, MessageReceived, MessageStateChanged
+    from duplex.client.local import LocalStore
+    from duplex.p2p import DirectRouter
+
+    recorder = LatencyRecorder()
+    measuring = False
+    delivered = 0
+    errors = 0
+    pad = "x" * max(0, payload - 20)
+
+    async def make(user: str) -> Client:
+        client = Client(
+            address,
+            user,
+            password=PASSWORD,
+            local=LocalStore(":memory:"),
+            router=DirectRouter(host="127.0.0.1"),
+        )
+        await client.start(wait_online=60)
+        return client
+
+    receivers = [await make(f"{prefix}r{i}") for i in range(pairs)]
+    senders = [await make(f"{prefix}s{i}") for i in range(pairs)]
+    paths: dict[str, int] = {}
+    stop = asyncio.Event()
+
+    async def receive(client: Client) -> None:
+        nonlocal delivered, errors
+        while not stop.is_set():
+            try:
+                event = await client.next_event(0.2)
+            except TimeoutError:
+                continue
+            if isinstance(event, MessageReceived):
+                paths[event.path] = paths.get(event.path, 0) + 1
+                if event.path != "direct":
+                    errors += 1  # the direct path failed: it is not what we measure
+                if measuring:
+                    recorder.record(time.perf_counter() - float(event.body[:20]))
+                    delivered += 1
+
+    async def send(client: Client, to: str) -> None:
+        in_flight = 0
+        while not stop.is_set():
+            while in_flight < window:
+                await client.send(to, f"{time.perf_counter():<20.9f}"[:20] + pad)
+                in_flight += 1
+            try:
+                event = await client.next_event(0.2)
+            except TimeoutError:
+                continue
+            if isinstance(event, MessageStateChanged) and event.state in ("delivered", "failed"):
+                in_flight -= 1
+
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(receive(c)) for c in receivers]
+    tasks += [loop.create_task(send(c, f"{prefix}r{i}")) for i, c in enumerate(senders)]
+    await asyncio.sleep(warmup)
+    measuring = True
+    delivered = 0
+    began = loop.time()
+    cpu1 = time.process_time()
+    await asyncio.sleep(duration)
+    measuring = False
+    elapsed = loop.time() - began
+    cpu = (time.process_time() - cpu1) / elapsed if elapsed else 0.0
+    stop.set()
+    await asyncio.gather(*tasks)
+    for client in senders + receivers:
+        await client.close()
+    recorder.flush()
+    return RelayResult(
+        pairs=pairs,
+        window=window,
+        payload=payload,
+        duration=elapsed,
+        delivered=delivered,
+        errors=errors,
+        rate=None,
+        latency_ms=summarize(recorder.hist),
+        generator_cpu=cpu,
+        path="direct",
+        histogram=recorder.encoded(),
+    )
+
+
+def plot_chat(results: list[RelayResult], path: str) -> None:
+    """Writes the latency percentile spectrum of each run (matplotlib) to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from duplex.bench.histogram import decode_histogram, percentile_spectrum
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for result in results:
+        points = percentile_spectrum(decode_histogram(result.histogram))
+        label = f"{result.path}, {result.pairs} pairs x {result.window}: {result.per_second:,.0f}/s"
+        xs = [1 / (1 - min(p, 99.9999) / 100) for p, _ in points]
+        ax.plot(xs, [y for _, y in points], label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("percentile (1 / (1 - p), log scale: 10 = p90, 100 = p99, 1000 = p99.9)")
+    ax.set_ylabel("end-to-end latency, ms")
+    ax.set_title("duplex bench chat: messages through the hub (relayed) and peer to peer")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,78 @@
+"""Is the machine quiet? CPU time of whole CPUs, from ``/proc/stat``.
+
+A bench pins the server and the generator to CPUs, and measures the CPU time its
+own processes use. ``/proc/stat`` says how busy those CPUs were *in all* over the
+same window; the difference is what other programs took from the run (on a shared
+machine, someone's test suite), and ``steal`` is what the hypervisor took. Either
+makes the run's figures smaller than the machine's, and the report says so.
+
+Soft-interrupt time (the kernel's TCP processing of loopback traffic) is accounted
+apart in ``/proc/stat`` when the kernel has IRQ time accounting, and is not counted
+as anyone's here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+
+__all__ = ["CpuTimes", "busy_between", "read_cpu_times"]
+
+_TICK = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CpuTimes:
+    """Seconds one CPU spent, cumulative since boot."""
+
+    busy: float
+    """user + nice + system: time some task ran (ours or someone else's)."""
+    steal: float
+    """Time the hypervisor gave this virtual CPU's slot to another guest."""
+
+
+def read_cpu_times(path: str = "/proc/stat") -> dict[int, CpuTimes]:
+    """Returns the cumulative times of each CPU, or an empty dict where unreadable."""
+    out: dict[int, CpuTimes] = {}
+    try:
+        with open(path) as fh:
+            lines = fh.readlines()
+    except OSError:
+        return out
+    for line in lines:
+        if not line.startswith("cpu") or line.startswith("cpu "):
+            continue
+        fields = line.split()
+        try:
+            cpu = int(fields[0][3:])
+            values = [int(v) for v in fields[1:]]
+        except ValueError:
+            continue
+        user, nice, system = values[0], values[1], values[2]
+        steal = values[7] if len(values) > 7 else 0
+        out[cpu] = CpuTimes((user + nice + system) / _TICK, steal / _TICK)
+    return out
+
+
+def busy_between(
+    before: dict[int, CpuTimes], after: dict[int, CpuTimes], cpus: Iterable[int] | None = None
+) -> tuple[float, float] | None:
+    """Returns the CPU seconds (busy, stolen) of ``cpus`` between two samples.
+
+    Args:
+        before: an earlier :func:`read_cpu_times`.
+        after: a later one.
+        cpus: the CPUs to add up (None: all).
+
+    Returns:
+        ``(busy, steal)`` seconds, or None when a sample lacks one of the CPUs.
+    """
+    wanted = list(cpus) if cpus is not None else list(after)
+    busy = steal = 0.0
+    for cpu in wanted:
+        if cpu not in before or cpu not in after:
+            return None
+        busy += after[cpu].busy - before[cpu].busy
+        steal += after[cpu].steal - before[cpu].steal
+    return busy, steal

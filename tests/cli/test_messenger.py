@@ -1,0 +1,189 @@
+"""The messenger's command line, through real subprocesses against a real hub process."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from duplex.testing.hubs import HubProcess
+
+
+def duplex(
+    tmp: Path, hub: HubProcess, *args: str, password: str | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.update(
+        DUPLEX_CONFIG_DIR=str(tmp / "conf"),
+        DUPLEX_DATA_DIR=str(tmp / "data"),
+        DUPLEX_CLIENT_HUB=f"127.0.0.1:{hub.port}",
+    )
+    env.pop("DUPLEX_PASSWORD", None)
+    if password is not None:
+        env["DUPLEX_PASSWORD"] = password
+    return subprocess.run(
+        [sys.executable, "-m", "duplex", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+        input=stdin,
+    )
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> HubProcess:
+    with HubProcess(tmp_path / "hub") as process:
+        yield process  # type: ignore[misc]
+
+
+def test_register_send_offline_then_inbox(tmp_path: Path, hub: HubProcess) -> None:
+    assert duplex(tmp_path, hub, "register", "--user", "alice", password="alice-pw").returncode == 0
+    assert duplex(tmp_path, hub, "register", "--user", "bob", password="bob-pw-1").returncode == 0
+    # bob is offline: the hub stores it, and `send` exits 0 once it is stored.
+    sent = duplex(
+        tmp_path, hub, "send", "bob", "hello while you were out", "--user", "alice", "--json"
+    )
+    assert sent.returncode == 0, sent.stderr
+    report = json.loads(sent.stdout)
+    assert (report["state"], report["path"]) == ("stored", "stored")
+    assert len(report["id"]) == 32
+    # No password needed any more: the session token was saved, mode 0600.
+    token = next((tmp_path / "conf" / "tokens").iterdir())
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    inbox = duplex(tmp_path, hub, "inbox", "--user", "bob")
+    assert inbox.returncode == 0, inbox.stderr
+    assert "alice: hello while you were out" in inbox.stdout
+    # Printed once: it was acked.
+    again = duplex(tmp_path, hub, "inbox", "--user", "bob")
+    assert again.returncode == 0
+    assert "hello" not in again.stdout
+    # And alice's message is now delivered.
+    follow = duplex(
+        tmp_path,
+        hub,
+        "send",
+        "bob",
+        "are you there?",
+        "--user",
+        "alice",
+        "--delivered",
+        "--wait",
+        "3",
+        "--json",
+    )
+    assert json.loads(follow.stdout)["state"] in ("stored", "delivered")
+
+
+def test_contacts_and_who(tmp_path: Path, hub: HubProcess) -> None:
+    for user in ("alice", "bob"):
+        assert (
+            duplex(tmp_path, hub, "register", "--user", user, password="pw-123456").returncode == 0
+        )
+    assert (
+        duplex(tmp_path, hub, "contacts", "add", "bob", "--user", "alice").stdout == "added bob\n"
+    )
+    listing = duplex(tmp_path, hub, "contacts", "ls", "--user", "alice", "--json")
+    assert json.loads(listing.stdout) == [{"user": "bob", "online": False}]
+    assert duplex(tmp_path, hub, "who", "--user", "alice").stdout == "nobody\n"
+    missing = duplex(tmp_path, hub, "contacts", "add", "ghost", "--user", "alice")
+    assert missing.returncode == 1
+    assert "there is no user 'ghost'" in missing.stderr
+
+
+def test_bad_input_is_one_line(tmp_path: Path, hub: HubProcess) -> None:
+    assert duplex(tmp_path, hub, "register", "--user", "alice", password="alice-pw").returncode == 0
+    wrong = duplex(tmp_path, hub, "login", "--user", "alice", password="not-it")
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip().splitlines() == [
+        "Error: login refused: wrong user name or password"
+    ]
+    nouser = duplex(tmp_path, hub, "send", "bob", "x")
+    assert nouser.returncode == 2
+    assert "--user" in nouser.stderr
+    unknown = duplex(tmp_path, hub, "send", "nobody", "x", "--user", "alice")
+    assert unknown.returncode == 1
+    assert "no user 'nobody'" in unknown.stderr
+
+
+def test_send_while_hub_is_down_stays_in_outbox(tmp_path: Path) -> None:
+    with HubProcess(tmp_path / "hub") as hub:
+        port = hub.port
+        assert (
+            duplex(tmp_path, hub, "register", "--user", "alice", password="alice-pw").returncode
+            == 0
+        )
+        assert (
+            duplex(tmp_path, hub, "register", "--user", "bob", password="bob-pw-1").returncode == 0
+        )
+        hub.kill()
+        queued = duplex(
+            tmp_path, hub, "send", "bob", "typed offline", "--user", "alice", "--wait", "1"
+        )
+        assert queued.returncode == 3, queued.stderr
+        assert "stays in the outbox" in queued.stderr
+    with HubProcess(tmp_path / "hub", port=port) as hub:
+        # Any later command of alice's logs in and flushes the outbox.
+        assert duplex(tmp_path, hub, "inbox", "--user", "alice").returncode == 0
+        inbox = duplex(tmp_path, hub, "inbox", "--user", "bob")
+        assert "alice: typed offline" in inbox.stdout
+
+
+def test_send_goes_direct_and_peers_lists_the_link(tmp_path: Path, hub: HubProcess) -> None:
+    from duplex.testing.agent import AgentProcess
+
+    assert duplex(tmp_path, hub, "register", "--user", "bob", password="bob-pw-1").returncode == 0
+    env = dict(os.environ)
+    env.update(
+        DUPLEX_CONFIG_DIR=str(tmp_path / "conf"),
+        DUPLEX_DATA_DIR=str(tmp_path / "data"),
+        DUPLEX_CLIENT_HUB=f"127.0.0.1:{hub.port}",
+    )
+    bob = subprocess.Popen(
+        [sys.executable, "-m", "duplex", "inbox", "--follow", "--json", "--user", "bob"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        peers_file = tmp_path / "data" / "client" / "bob" / "peers.json"
+        for _ in range(400):
+            if peers_file.exists() and json.loads(peers_file.read_text())["pid"] == bob.pid:
+                break
+            time.sleep(0.05)
+        idle = json.loads(duplex(tmp_path, hub, "peers", "--user", "bob", "--json").stdout)
+        assert idle["pid"] == bob.pid
+        assert idle["links"] == []
+        with AgentProcess(f"127.0.0.1:{hub.port}", "alice") as alice:
+            alice.wait(lambda a: bool(a.of("online")), 30)
+            alice.command(op="send", to="bob", text="straight to you")
+            alice.wait(lambda a: any(e["state"] == "delivered" for e in a.of("state")), 20)
+            [state] = [e for e in alice.of("state") if e["state"] == "delivered"]
+            assert state["path"] == "direct"
+            for _ in range(100):  # the running client publishes its counters every 0.5 s
+                shown = json.loads(duplex(tmp_path, hub, "peers", "--user", "bob", "--json").stdout)
+                if shown["links"] and shown["links"][0]["received"]:
+                    break
+                time.sleep(0.1)
+            [link] = shown["links"]
+            assert link["peer"] == "alice"
+            assert link["direction"] == "accepted"
+            assert link["received"] == 1
+            client_end, server_end = link["pair"].split(" <-> ")
+            assert server_end in shown["endpoints"]  # alice dialed one of bob's endpoints
+            assert client_end.rpartition(":")[2].isdigit()
+            text = duplex(tmp_path, hub, "peers", "--user", "bob").stdout
+            assert "alice" in text and "accepted" in text
+    finally:
+        bob.terminate()
+        out, _ = bob.communicate(timeout=30)
+    [line] = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    assert (line["from"], line["text"], line["path"]) == ("alice", "straight to you", "direct")

@@ -1,0 +1,419 @@
+"""The hub with real clients on loopback (in-process hub, real sockets, real SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from duplex.client import (
+    Client,
+    ConnectionStateChanged,
+    MessageReceived,
+    MessageStateChanged,
+    PresenceChanged,
+)
+from duplex.errors import AuthError, RemoteError
+from duplex.testing.clients import EventLog, new_client, wait_for_event
+from duplex.testing.hubs import hub_test_config, running_hub
+from duplex.wire import messages as m
+from duplex.wire.frames import encode_frame
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_online_delivery_relayed_and_acked_end_to_end(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_test_config(tmp_path)) as hub:
+            bob = await new_client(hub.address, "bob")
+            alice = await new_client(hub.address, "alice")
+            try:
+                msg_id = await alice.send("bob", "hello bob")
+                got = await wait_for_event(bob, MessageReceived)
+                assert (got.peer, got.id, got.body, got.path) == (
+                    "alice",
+                    msg_id,
+                    "hello bob",
+                    "relayed",
+                )
+                states = []
+                while len(states) < 3:
+                    ev = await wait_for_event(alice, MessageStateChanged, lambda e: e.id == msg_id)
+                    states.append((ev.state, ev.path))
+                assert states == [("queued", None), ("stored", "relayed"), ("delivered", None)]
+                assert alice.state_of(msg_id) == ("delivered", "relayed")
+            finally:
+                await alice.close()
+                await bob.close()
+
+    run(scenario())
+
+
+def test_offline_messages_are_stored_then_delivered_in_order(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_test_config(tmp_path)) as hub:
+            bob = await new_client(hub.address, "bob")
+            await bob.close()  # bob exists but is offline
+            alice = await new_client(hub.address, "alice")
+            ids = [await alice.send("bob", f"message {i}") for i in range(30)]
+            for msg_id in ids:
+                assert await alice.wait_state(msg_id, "stored", 10) == "stored"
+            assert alice.state_of(ids[0]) == ("stored", "stored")
+            bob = await new_client(hub.address, "bob", register_first=False)
+            log = EventLog(bob)
+            await log.wait(lambda lg: len(lg.of(MessageReceived)) == 30)
+            received = log.of(MessageReceived)
+            assert [e.body for e in received] == [f"message {i}" for i in range(30)]
+            assert {e.path for e in received} == {"stored"}
+            for msg_id in ids:
+                assert await alice.wait_state(msg_id, "delivered", 10) == "delivered"
+            await log.stop()
+            await alice.close()
+            await bob.close()
+
+    run(scenario())
+
+
+def test_two_sessions_of_one_user_both_receive(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_test_config(tmp_path)) as hub:
+            phone = await new_client(hub.address, "bob")
+            laptop = await new_client(hub.address, "bob", register_first=False)
+            assert phone.device != laptop.device
+            alice = await new_client(hub.address, "alice")
+            msg_id = await alice.send("bob", "to every device")
+            for device in (phone, laptop):
+                got = await wait_for_event(device, MessageReceived)
+                assert got.id == msg_id
+            for client in (alice, phone, laptop):
+                await client.close()
+
+    run(scenario())
+
+
+def test_resent_id_is_stored_once_and_shown_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_test_config(tmp_path)) as hub:
+            bob = await new_client(hub.address, "bob")
+            alice = await new_client(hub.address, "alice")
+            msg_id = await alice.send("bob", "only once")
+            await alice.wait_state(msg_id, "delivered", 10)
+            for _ in range(3):  # a client that lost the Stored answer resends
+                alice.send_via_hub(msg_id, "bob", "only once")
+            follow = await alice.send("bob", "next")
+            await wait_for_event(bob, MessageReceived, lambda e: e.id == follow)
+            log = EventLog(bob)
+            await asyncio.sleep(0.2)
+            assert log.of(MessageReceived) == []
+            stats = await hub.hub.store.stats()
+            assert stats.messages == 2
+            assert hub.hub.metrics.duplicates.value == 3
+            await log.stop()
+            await alice.close()
+            await bob.close()
+
+    run(scenario())
+
+
+def test_wrong_password_is_a_clear_error(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_test_config(tmp_path)) as hub:
+            alice = await new_client(hub.address, "alice")
+            await alice.close()
+            with pytest.raises(AuthError, match="wrong user name or password"):
+                await new_client(hub.address, "alice", register_first=False, password="nope")
+            with pytest.raises(AuthError, match="wrong user name or password"):
+                await new_client(hub.address, "nobody", register_first=False)
+
+    run(scenario())
+
+
+def test_registration_refusals(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        from duplex.client import register
+
+        async with running_hub(hub_test_config(tmp_path)) as hub:
+            await register(hub.address, "carol", "long enough")
+            with pytest.raises(RemoteError) as taken:
+                await register(hub.address, "carol", "long enough")
+            assert taken.value.code == "name-taken"
+            with pytest.raises(RemoteError) as bad:
+                await register(hub.address, "Bad Name!", "long enough")
+            assert bad.value.code == "bad-name"
+            with pytest.raises(RemoteError) as weak:
+                await register(hub.address, "dave", "123")
+            assert weak.value.code == "weak-password"
+
+    run(scenario())
+
+
+def test_brute_force_is_throttled_but_the_real_user_gets_in(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        config = hub_test_config(tmp_path, login_burst=3, login_rate=0.01)
+        async with running_hub(config) as hub:
+            real = await new_client(hub.address, "alice")
+            await real.close()
+            codes = []
+            for attempt in range(6):  # the attacker, from 127.0.0.1
+                try:
+                    await new_client(
+                        hub.address,
+                        "alice",
+                        register_first=False,
+                        password=f"guess{attempt}",
+                        reconnect=False,
+                    )
+                except (AuthError, Exception) as exc:
+                    codes.append(str(exc))
+            assert sum("too many login attempts" in c for c in codes) >= 2, codes
+            # The right password from the attacker's address is throttled too...
+            with pytest.raises(Exception, match="too many login attempts"):
+                await new_client(hub.address, "alice", register_first=False, reconnect=False)
+            # ...but alice, from her own address, logs in at once.
+            alice = await new_client(hub.address, "alice", register_first=False, bind="127.0.0.2")
+            assert alice.state == "online"
+            await alice.close()
+
+    run(scenario())
+
+
+async def _raw_login(address: tuple[str, int], user: str) -> socket.socket:
+    """A raw TCP client that logs in and then does whatever the test wants."""
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(m.encode(m.Hello(1, "raw")))
+    writer.write(m.encode(m.Login(rid=1, user=user, device="raw", password="correct horse")))
+    await writer.drain()
+    while True:
+        size = int.from_bytes(await reader.readexactly(4), "big")
+        msg = m.decode(await reader.readexactly(size))
+        if isinstance(msg, m.Welcome):
+            break
+    sock = writer.get_extra_info("socket").dup()
+    writer.transport.pause_reading()
+    writer.close()
+    return sock  # type: ignore[no-any-return]
+
+
+def test_bad_frames_close_only_that_connection(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_test_config(tmp_path)) as hub:
+            bob = await new_client(hub.address, "bob")
+            alice = await new_client(hub.address, "alice")
+            attacks = [
+                (2**31).to_bytes(4, "big"),  # 2 GiB announced: refused from the prefix alone
+                os.urandom(4096),  # garbage
+                encode_frame(b"\xc1" * 10),  # a frame that is not MessagePack
+                m.encode(m.Hello(1))
+                + m.encode(m.Send(id=b"x" * 16, to="bob", body="before login")),
+                m.encode(m.Hello(1)) + encode_frame(b"\x81\xa4type\xa7welcome"),  # forged type
+            ]
+            for payload in attacks:
+                reader, writer = await asyncio.open_connection(*hub.address)
+                writer.write(payload)
+                await writer.drain()
+                data = await asyncio.wait_for(reader.read(), 10)  # the hub closes on us
+                assert data  # its Hello and an Error, then EOF
+                writer.close()
+                msg_id = await alice.send("bob", "still fine")
+                got = await wait_for_event(bob, MessageReceived)
+                assert (got.id, got.body) == (msg_id, "still fine")
+            assert len(hub.hub.connections) == 2
+            await alice.close()
+            await bob.close()
+
+    run(scenario())
+
+
+def test_connection_that_never_logs_in_is_closed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_test_config(tmp_path, auth_timeout=0.5)) as hub:
+            reader, writer = await asyncio.open_connection(*hub.address)
+            started = asyncio.get_running_loop().time()
+            data = await asyncio.wait_for(reader.read(), 10)
+            took = asyncio.get_running_loop().time() - started
+            assert b"auth-timeout" in data
+            assert 0.4 < took < 3
+            writer.close()
+
+    run(scenario())
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_loses_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        config = hub_test_config(tmp_path, send_buffer=256 * 1024, send_burst=5000, send_rate=5000)
+        async with running_hub(config) as hub:
+            bob = await new_client(hub.address, "bob")
+            await bob.close()
+            alice = await new_client(hub.address, "alice")
+            stuck = await _raw_login(hub.address, "bob")  # logs in, never reads again
+            try:
+                stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                body = "x" * 8000
+                # 16 MB for bob: more than the kernel's socket buffers on both sides hold.
+                ids = [await alice.send("bob", body) for _ in range(2000)]
+                await alice.wait_state(ids[-1], "stored", 20)
+
+                def bob_connected() -> bool:
+                    return any(c.live and c.live.user == "bob" for c in hub.hub.connections)
+
+                for _ in range(100):  # the cut happens as the last pushes are flushed
+                    if not bob_connected():
+                        break
+                    await asyncio.sleep(0.02)
+                assert not bob_connected(), "the hub kept a connection that does not read"
+                refused = hub.hub.metrics.refused.labels("slow-consumer")
+                assert refused._value.get() >= 1  # type: ignore[attr-defined]
+            finally:
+                stuck.close()
+            bob = await new_client(hub.address, "bob", register_first=False)
+            log = EventLog(bob)
+            await log.wait(lambda lg: len(lg.of(MessageReceived)) == 2000, 30)
+            assert [e.id for e in log.of(MessageReceived)] == ids
+            await log.stop()
+            await alice.close()
+            await bob.close()
+
+    run(scenario())
+
+
+def test_presence_is_pushed_to_contacts(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_test_config(tmp_path)) as hub:
+            bob = await new_client(hub.address, "bob")
+            await bob.close()
+            alice = await new_client(hub.address, "alice")
+            await alice.add_contact("bob")
+            first = await wait_for_event(alice, PresenceChanged)
+            assert first == PresenceChanged("bob", False)
+            bob = await new_client(hub.address, "bob", register_first=False)
+            assert await wait_for_event(alice, PresenceChanged) == PresenceChanged("bob", True)
+            contacts = await alice.contacts()
+            assert [(c.user, c.online) for c in contacts] == [("bob", True)]
+            await bob.close()
+            assert await wait_for_event(alice, PresenceChanged) == PresenceChanged("bob", False)
+            with pytest.raises(RemoteError, match="no user"):
+                await alice.add_contact("ghost")
+            await alice.remove_contact("bob")
+            assert await alice.contacts() == []
+            await alice.close()
+
+    run(scenario())
+
+
+def test_client_reconnects_after_hub_restart_and_resends(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        config = hub_test_config(tmp_path)
+        async with running_hub(config) as hub:
+            address = hub.address
+            bob = await new_client(address, "bob")
+            alice = await new_client(address, "alice")
+        # The hub is down: alice's message waits in her outbox.
+        log = EventLog(alice)
+        await log.wait(
+            lambda lg: any(
+                isinstance(e, ConnectionStateChanged) and e.state == "reconnecting"
+                for e in lg.events
+            )
+        )
+        msg_id = await alice.send("bob", "while the hub was down")
+        assert alice.state_of(msg_id) == ("queued", None)
+        async with running_hub(hub_test_config(tmp_path, port=address[1])):
+            got = await wait_for_event(bob, MessageReceived, timeout=20)
+            assert got.id == msg_id
+            assert await alice.wait_state(msg_id, "delivered", 10) == "delivered"
+        await log.stop()
+        await alice.close()
+        await bob.close()
+
+    run(scenario())
+
+
+def test_outbox_survives_a_client_restart(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        data = tmp_path / "alice-data"
+        config = hub_test_config(tmp_path / "hub")
+        async with running_hub(config) as hub:
+            address = hub.address
+            bob = await new_client(address, "bob")
+            first = await new_client(address, "alice", data_dir=data)
+            await first.close()
+        offline = Client(address, "alice", password="correct horse", data_dir=data, backoff=(5, 5))
+        await offline.start()
+        msg_id = await offline.send("bob", "written offline")
+        await offline.close()  # the client process ends; the message is on disk
+        async with running_hub(hub_test_config(tmp_path / "hub", port=address[1])):
+            restarted = await new_client(address, "alice", register_first=False, data_dir=data)
+            got = await wait_for_event(bob, MessageReceived, timeout=20)
+            assert (got.id, got.body) == (msg_id, "written offline")
+            await restarted.close()
+        await bob.close()
+
+    run(scenario())
+
+
+def test_admin_endpoints(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_hub(hub_test_config(tmp_path, admin="127.0.0.1:0")) as hub:
+            bob = await new_client(hub.address, "bob")
+            host, port = hub.info.admin.split(":")
+
+            async def get(path: str) -> tuple[str, str]:
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+                data = (await reader.read()).decode()
+                writer.close()
+                head, _, body = data.partition("\r\n\r\n")
+                return head.splitlines()[0], body
+
+            assert await get("/healthz") == ("HTTP/1.0 200 OK", "ok\n")
+            status, body = await get("/metrics")
+            assert status == "HTTP/1.0 200 OK"
+            assert "duplex_sessions_online 1.0" in body
+            assert "duplex_connections 1.0" in body
+            assert (await get("/nope"))[0].startswith("HTTP/1.0 404")
+            await bob.close()
+
+    run(scenario())
+
+
+def test_a_sender_flood_is_paused_not_buffered(tmp_path: Path) -> None:
+    from duplex.hub.connection import STORE_BACKLOG
+
+    async def scenario() -> None:
+        config = hub_test_config(tmp_path, send_burst=10_000, send_rate=10_000)
+        async with running_hub(config) as hub:
+            for user in ("alice", "bob"):
+                await (await new_client(hub.address, user)).close()
+            flood = await _raw_login(hub.address, "bob")  # to alice, who is offline
+            try:
+                body = "y" * 60_000
+                frames = b"".join(
+                    m.encode(m.Send(id=os.urandom(16), to="alice", body=body)) for _ in range(600)
+                )  # 36 MB, written as fast as the socket takes it
+                loop = asyncio.get_running_loop()
+                flood.setblocking(True)  # the dup of an asyncio socket is non-blocking
+                writer = loop.run_in_executor(None, flood.sendall, frames)
+                peak = 0
+                while not writer.done():
+                    peak = max([peak, *(c.storing for c in hub.hub.connections)])
+                    await asyncio.sleep(0.001)
+                await writer
+                # The hub paused reading instead of queueing the flood for the store:
+                # what waited for the store stayed near STORE_BACKLOG (4 MiB), far below
+                # the 36 MB sent.
+                assert STORE_BACKLOG == 4 * 1024 * 1024
+                assert peak <= 6 * 1024 * 1024, peak
+                for _ in range(500):
+                    if (await hub.hub.store.stats()).messages == 600:
+                        break
+                    await asyncio.sleep(0.02)
+                assert (await hub.hub.store.stats()).messages == 600  # and lost nothing
+            finally:
+                flood.close()
+
+    run(scenario())

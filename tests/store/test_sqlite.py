@@ -1,0 +1,414 @@
+"""The SQLite store: the conformance suite, group commit, integrity and crash safety."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from duplex.errors import ConfigError, StoreCorrupt, StoreError
+from duplex.store import SqliteStore, open_store
+from duplex.store.base import NewMessage
+from duplex.store.migrate import load_migrations
+from duplex.testing.servers import scaled
+from duplex.testing.store_conformance import (
+    CHECKS,
+    Check,
+    check_durable_across_reopen,
+    new_id,
+    run_check,
+)
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
+def test_conformance(tmp_path: Path, check: Check) -> None:
+    asyncio.run(run_check(lambda: SqliteStore(tmp_path / "hub.db"), check))
+
+
+def test_durable_across_reopen(tmp_path: Path) -> None:
+    asyncio.run(check_durable_across_reopen(lambda: SqliteStore(tmp_path / "hub.db")))
+
+
+def _run(store: SqliteStore, body: Callable[[SqliteStore], object]) -> None:
+    """Opens ``store``, awaits ``body(store)``, always closes it."""
+
+    async def main() -> None:
+        await store.open()
+        try:
+            result = body(store)
+            if asyncio.iscoroutine(result):
+                await result
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+async def _flood(store: SqliteStore, n: int, recipient: str = "bob") -> None:
+    await asyncio.gather(
+        *(store.store_message(NewMessage("alice", recipient, new_id(), "x", i)) for i in range(n))
+    )
+
+
+def test_group_commit_batches(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "hub.db")
+    _run(store, lambda s: _flood(s, 1000))
+    assert store.write_count == 1000
+    # Everything queued goes into one transaction: a handful of commits, not 1000.
+    assert store.commit_count <= 20, store.commit_count
+
+
+def test_one_commit_per_request_when_max_batch_is_1(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "hub.db", synchronous="NORMAL", max_batch=1)
+    _run(store, lambda s: _flood(s, 50))
+    assert (store.commit_count, store.write_count) == (50, 50)
+
+
+def test_cancelled_callers_do_not_leak_or_lose(tmp_path: Path) -> None:
+    """A cancelled store_message still commits, and frees its place in the queue."""
+
+    async def body(store: SqliteStore) -> None:
+        messages = [NewMessage("alice", "bob", new_id(), str(i), i) for i in range(200)]
+        tasks = [asyncio.create_task(store.store_message(m)) for m in messages]
+        await asyncio.sleep(0)
+        for task in tasks[::2]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Resending every message: the cancelled ones were stored all the same.
+        again = await asyncio.gather(*(store.store_message(m) for m in messages))
+        assert all(r.duplicate for r in again)
+        assert await store.last_seq("bob") == 200
+        assert store._pending == 0  # every slot of the bounded queue came back
+
+    _run(SqliteStore(tmp_path / "hub.db"), body)
+
+
+def test_one_failing_request_does_not_fail_its_batch(tmp_path: Path) -> None:
+    """A constraint error or a bug in one request: the others of its batch commit."""
+
+    def broken(txn: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    async def body(store: SqliteStore) -> None:
+        sql = "INSERT INTO users (name, password_hash, created) VALUES (NULL, 'h', 1)"
+        results = await asyncio.gather(
+            *(store.store_message(NewMessage("a", "b", new_id(), "x", i)) for i in range(20)),
+            store._write(lambda txn: txn.conn.execute(sql)),
+            store._write(broken),
+            *(store.store_message(NewMessage("a", "b", new_id(), "y", i)) for i in range(20)),
+            return_exceptions=True,
+        )
+        assert isinstance(results[20], StoreError) and "NOT NULL" in str(results[20])
+        assert isinstance(results[21], ZeroDivisionError)
+        assert await store.last_seq("b") == 40
+        assert sorted(r.entry.seq for r in results if not isinstance(r, BaseException)) == list(
+            range(1, 41)
+        )
+
+    _run(SqliteStore(tmp_path / "hub.db"), body)
+
+
+def test_migrations_ship_with_the_package() -> None:
+    for dialect in ("sqlite", "postgres"):
+        migrations = load_migrations(dialect)
+        assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+        assert "CREATE TABLE entries" in migrations[0].sql
+    with pytest.raises(StoreError, match="no mysql migrations"):
+        load_migrations("mysql")
+
+
+def test_wal_mode_and_pragmas(tmp_path: Path) -> None:
+    async def body(store: SqliteStore) -> None:
+        await _flood(store, 3)
+        assert (tmp_path / "hub.db-wal").exists()
+
+    _run(SqliteStore(tmp_path / "hub.db"), body)
+    with sqlite3.connect(tmp_path / "hub.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        versions = conn.execute("SELECT version FROM schema_version").fetchall()
+    conn.close()
+    assert [v[0] for v in versions] == [m.version for m in load_migrations("sqlite")]
+    # A clean close checkpoints and removes the log.
+    assert not (tmp_path / "hub.db-wal").exists()
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SqliteStore("x.db", synchronous="OFF")
+    with pytest.raises(ValueError, match="integrity_check"):
+        SqliteStore("x.db", integrity_check="maybe")
+
+
+def test_bad_message_id(tmp_path: Path) -> None:
+    async def body(store: SqliteStore) -> None:
+        with pytest.raises(ValueError, match="16 bytes"):
+            await store.store_message(NewMessage("a", "b", b"short", "x", 0))
+
+    _run(SqliteStore(tmp_path / "hub.db"), body)
+
+
+def test_errors_are_store_errors(tmp_path: Path) -> None:
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(StoreError, match=r"dir\.db"):
+        asyncio.run(SqliteStore(tmp_path / "dir.db").open())
+    store = SqliteStore(tmp_path / "hub.db")
+
+    async def closed() -> None:
+        with pytest.raises(StoreError, match="not open"):
+            await store.fetch("bob", 0, 1)
+        await store.open()
+        await store.close()
+        with pytest.raises(StoreError, match="closed"):
+            await store.store_message(NewMessage("a", "b", new_id(), "x", 0))
+        with pytest.raises(StoreError, match="closed"):
+            await store.last_seq("bob")
+        await store.close()  # twice is fine
+
+    asyncio.run(closed())
+
+
+def test_newer_schema_refused(tmp_path: Path) -> None:
+    _run(SqliteStore(tmp_path / "hub.db"), lambda s: None)
+    with sqlite3.connect(tmp_path / "hub.db") as conn:
+        conn.execute("INSERT INTO schema_version VALUES (999, 'future', 0)")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this duplex"):
+        asyncio.run(SqliteStore(tmp_path / "hub.db").open())
+
+
+# -- integrity ------------------------------------------------------------------
+
+
+def _make_db(path: Path, messages: int = 400) -> None:
+    async def body(store: SqliteStore) -> None:
+        for i in range(4):
+            await asyncio.gather(
+                *(
+                    store.store_message(NewMessage("alice", f"u{j}", new_id(), "b" * 200, i))
+                    for j in range(messages // 4)
+                )
+            )
+
+    _run(SqliteStore(path), body)
+
+
+def test_truncated_database_refused(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    _make_db(db)
+    size = db.stat().st_size
+    assert size > 8 * 4096
+    with db.open("r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(StoreCorrupt, match=r"damaged|integrity check") as info:
+        asyncio.run(SqliteStore(db).open())
+    assert "restore it from a backup" in str(info.value)
+
+
+def test_flipped_byte_in_any_page_refused(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    _make_db(db)
+    original = db.read_bytes()
+    page_size = int.from_bytes(original[16:18], "big")
+    reasons = set()
+    for page in range(len(original) // page_size):
+        # The first byte of each page: the b-tree page type (or, for page 1, the
+        # file's magic string).
+        data = bytearray(original)
+        data[page * page_size] ^= 0xFF
+        db.write_bytes(bytes(data))
+        with pytest.raises(StoreCorrupt, match=r"damaged|integrity check") as info:
+            asyncio.run(SqliteStore(db).open())
+        reasons.add("integrity check" in str(info.value))
+        for suffix in ("-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+    # Both paths were taken: SQLite's own refusal and PRAGMA quick_check's report.
+    assert reasons == {True, False}
+
+
+def test_not_a_database_refused(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    _make_db(db, messages=8)
+    data = bytearray(db.read_bytes())
+    data[0:16] = b"garbage garbage!"
+    db.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt, match="damaged"):
+        asyncio.run(SqliteStore(db).open())
+
+
+def _wal_snapshot(tmp_path: Path, commits: int) -> Path:
+    """A copy of db + WAL + mark taken while the store is open with ``commits`` commits.
+
+    This is what a crash leaves: the log holds every commit not yet checkpointed.
+    """
+    src = tmp_path / "live" / "hub.db"
+    dst = tmp_path / "copy" / "hub.db"
+    dst.parent.mkdir()
+
+    async def body(store: SqliteStore) -> None:
+        for i in range(commits):
+            await store.store_message(NewMessage("alice", "bob", new_id(), f"m{i}", i))
+        for suffix in ("", "-wal", ".hwm"):
+            shutil.copyfile(f"{src}{suffix}", f"{dst}{suffix}")
+
+    _run(SqliteStore(src), body)
+    return dst
+
+
+def _flip_in_last_wal_frame(wal: Path) -> None:
+    data = bytearray(wal.read_bytes())
+    page_size = int.from_bytes(data[8:12], "big")
+    frame = 24 + page_size
+    frames = (len(data) - 32) // frame
+    assert frames >= 10, frames
+    data[32 + (frames - 1) * frame + 24 + page_size // 2] ^= 0x01
+    wal.write_bytes(bytes(data))
+
+
+def test_wal_snapshot_without_damage_opens(tmp_path: Path) -> None:
+    db = _wal_snapshot(tmp_path, 10)
+
+    async def body(store: SqliteStore) -> None:
+        assert await store.last_seq("bob") == 10
+
+    _run(SqliteStore(db), body)
+
+
+def test_flipped_byte_in_wal_is_a_shortened_history(tmp_path: Path) -> None:
+    db = _wal_snapshot(tmp_path, 10)
+    _flip_in_last_wal_frame(Path(f"{db}-wal"))
+    # SQLite itself sees nothing wrong: the damaged commit is silently gone.
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT last_seq FROM mailboxes").fetchone()[0] == 9
+    finally:
+        conn.close()
+    with pytest.raises(StoreCorrupt, match="history is shorter than what was acknowledged") as info:
+        asyncio.run(SqliteStore(db).open())
+    assert "delete" in str(info.value) and ".hwm" in str(info.value)
+
+
+def test_shortened_history_only_warned_with_synchronous_normal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = _wal_snapshot(tmp_path, 10)
+    _flip_in_last_wal_frame(Path(f"{db}-wal"))
+    with caplog.at_level(logging.WARNING, logger="duplex.store.sqlite"):
+        _run(SqliteStore(db, synchronous="NORMAL"), lambda s: None)
+    assert "history is shorter" in caplog.text
+
+
+def test_deleted_database_with_mark_refused(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    _make_db(db, messages=8)
+    db.unlink()
+    with pytest.raises(StoreCorrupt, match="it is empty"):
+        asyncio.run(SqliteStore(db).open())
+
+
+def test_damaged_mark_refused(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    _make_db(db, messages=8)
+    mark = Path(f"{db}.hwm")
+    mark.write_bytes(mark.read_bytes().replace(b" ", b"_", 1))
+    with pytest.raises(StoreCorrupt, match="high-water-mark file is damaged"):
+        asyncio.run(SqliteStore(db).open())
+    mark.unlink()  # the documented way out
+    _run(SqliteStore(db), lambda s: None)
+
+
+# -- crash safety ---------------------------------------------------------------
+
+_CRASH_CHILD = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from duplex.store import SqliteStore
+    from duplex.store.base import NewMessage
+
+    async def sender(store, k):
+        i = 0
+        while True:
+            mid = os.urandom(16)
+            await store.store_message(NewMessage("s%d" % k, "r%d" % (k % 3), mid, "x", i))
+            sys.stdout.write(mid.hex() + "\\n")
+            sys.stdout.flush()
+            i += 1
+
+    async def main():
+        store = SqliteStore(sys.argv[1])
+        await store.open()
+        await asyncio.gather(*(sender(store, k) for k in range(20)))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_crash_keeps_every_acked_message(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASH_CHILD, str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    acked: list[bytes] = []
+    try:
+        assert child.stdout is not None
+        while len(acked) < 2000:
+            line = child.stdout.readline()
+            if not line:
+                break
+            acked.append(bytes.fromhex(line.decode().strip()))
+    finally:
+        child.send_signal(signal.SIGKILL)
+        out, err = child.communicate(timeout=scaled(30))
+    assert len(acked) >= 2000, err.decode()[-2000:]
+    # Whatever the child printed after our count is acked too.
+    for line in out.decode().splitlines():
+        if len(line) == 32:
+            acked.append(bytes.fromhex(line))
+
+    async def body(store: SqliteStore) -> None:
+        stored: set[bytes] = set()
+        for k in range(3):
+            entries = await store.fetch(f"r{k}", 0, 1_000_000)
+            assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+            stored.update(e.msg_id for e in entries)
+        missing = [a for a in acked if a not in stored]
+        assert not missing, f"{len(missing)} acked messages lost"
+
+    _run(SqliteStore(db), body)
+
+
+# -- open_store -----------------------------------------------------------------
+
+
+def test_open_store_urls(tmp_path: Path) -> None:
+    absolute = open_store(f"sqlite:///{tmp_path}/a.db")
+    assert isinstance(absolute, SqliteStore) and absolute.path == tmp_path / "a.db"
+    relative = open_store("sqlite:///data/hub.db")
+    assert isinstance(relative, SqliteStore) and relative.path == Path("data/hub.db")
+    plain = open_store(str(tmp_path / "b.db"), synchronous="NORMAL")
+    assert isinstance(plain, SqliteStore) and plain.synchronous == "NORMAL"
+    assert isinstance(open_store(tmp_path / "c.db"), SqliteStore)
+    with pytest.raises(ConfigError, match="unsupported store URL scheme 'mysql'"):
+        open_store("mysql://x/y")
+    with pytest.raises(ConfigError, match="sqlite:///path"):
+        open_store("sqlite://relative.db")
+    with pytest.raises(ConfigError, match="empty"):
+        open_store("")
+
+
+def test_store_files_are_private(tmp_path: Path) -> None:
+    _run(SqliteStore(tmp_path / "hub.db"), lambda s: None)
+    assert os.stat(tmp_path / "hub.db.hwm").st_mode & 0o077 == 0
