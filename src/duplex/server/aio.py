@@ -195,6 +195,10 @@ async def serve_on_loop(driver: Driver, stop: asyncio.Event) -> None:
     def make_protocol() -> HandlerProtocol:
         return HandlerProtocol(factory(), live)
 
+    # A signal caught just before the loop sleeps writes to the waker (see
+    # Waker.catch_signals); reading it wakes the loop so the Python handler runs.
+    waker = driver.waker
+    loop.add_reader(waker.fileno(), waker.drain)
     sock = driver.listener.sock
     sock.setblocking(False)
     # Pass the backlog: asyncio calls listen() again and would otherwise use 100.
@@ -224,6 +228,7 @@ async def serve_on_loop(driver: Driver, stop: asyncio.Event) -> None:
             proto.abort()
     await asyncio.sleep(0)  # let connection_lost run
     await server.wait_closed()
+    loop.remove_reader(waker.fileno())
 
 
 class AsyncioDriver(Driver):

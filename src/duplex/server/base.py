@@ -18,6 +18,7 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -97,6 +98,20 @@ class Waker:
 
     def __init__(self) -> None:
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._previous_wakeup: int | None = None
+
+    def catch_signals(self) -> None:
+        """Makes every signal that has a Python handler wake the waiter as well.
+
+        Python runs a signal handler between two bytecodes of the main thread. A
+        signal that lands after the last such check but before the thread enters
+        ``select()``/``epoll_wait()`` only sets a flag, and the handler waits for the
+        next event: on an idle server, forever (CI caught a pool server ignoring its
+        SIGTERM this way, about once in twenty loaded runs). With the pipe as the
+        wakeup fd, the C-level handler writes the signal number into it, ``select()``
+        returns and the handler runs. Main thread only; undone by :meth:`close`.
+        """
+        self._previous_wakeup = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
 
     def fileno(self) -> int:
         """The read end, to register with a selector."""
@@ -118,7 +133,15 @@ class Waker:
             pass
 
     def close(self) -> None:
-        """Closes both ends."""
+        """Closes both ends (and gives the wakeup fd back, if it took it)."""
+        if self._previous_wakeup is not None:
+            try:
+                current = signal.set_wakeup_fd(self._previous_wakeup)
+                if current != self._w:  # someone took it after us: leave theirs
+                    signal.set_wakeup_fd(current)
+            except ValueError:  # not the main thread: it was never ours here
+                pass
+            self._previous_wakeup = None
         for fd in (self._r, self._w):
             try:
                 os.close(fd)
@@ -386,6 +409,19 @@ class Driver(abc.ABC):
         self.stopping = True
         self.deadline = time.monotonic() + self.options.grace
         self._waker.wake()
+
+    @property
+    def waker(self) -> Waker:
+        """Wakes the driver's wait: written by :meth:`shutdown` and by caught signals."""
+        return self._waker
+
+    def catch_signals(self) -> None:
+        """Makes the signals this process handles wake the driver's wait.
+
+        See :meth:`Waker.catch_signals`; called by whoever installs the handlers, from
+        the main thread, before :meth:`serve_forever`.
+        """
+        self._waker.catch_signals()
 
     def kill(self) -> None:  # noqa: B027 - optional hook
         """Stops at once (the second signal): ends child processes; the caller exits."""
