@@ -11,7 +11,8 @@ descriptors (and processes) return to their baseline once the attack stops.
 The tolerance, and why: on this shared 2-core machine the attacker, the server and
 the client share two cores, and an unloaded echo p99 is 0.1-0.5 ms, where one
 scheduler hiccup is worth more than the figure itself. So the bound is 2x
-``max(unloaded p99, 5 ms)``: an attack that works (connections refused, or service
+``max(unloaded p99, 5 ms)`` (10 ms under ``fork``, whose children run at
+nice 19): an attack that works (connections refused, or service
 held up for a second, as slowloris does to a server that gives each connection a
 worker) is caught by orders of magnitude; scheduler noise is not.
 
@@ -58,9 +59,17 @@ FLOOR_MS = 5.0
 """Below this, a p99 is scheduler noise on a shared 2-core machine (module docstring)."""
 
 
-def allowed(unloaded_ms: float) -> float:
+FORK_FLOOR_MS = 10.0
+"""The floor under ``fork``, whose connection processes run at nice 19 by design (so
+that the acceptor keeps the CPU, see ``server/forking.py``): every nice-0 process on
+the machine, the attacker and this test included, runs before the legitimate client's
+child, so one scheduler period more is noise there too (CI saw 10.5 ms against an
+unloaded 4.3 ms). A working attack costs seconds or refusals: still caught."""
+
+
+def allowed(unloaded_ms: float, floor_ms: float = FLOOR_MS) -> float:
     """The loaded p99 a legitimate client may see: 2x the unloaded one, floored."""
-    return 2 * max(unloaded_ms, FLOOR_MS)
+    return 2 * max(unloaded_ms, floor_ms)
 
 
 @dataclasses.dataclass
@@ -210,12 +219,13 @@ def test_slowloris_against_an_echo_model(model: str) -> None:
             early.close()
         after = back_to(server.pid, baseline)
         again = legit(address, 3, 5)
+        limit = allowed(unloaded.p99, FORK_FLOOR_MS if model == "fork" else FLOOR_MS)
         # A graceful stop (a kill could race prefork's supervisor restarting a worker
         # it had just lost, and orphan the new one).
         status = server.stop()
         row = (
             f"legit p99 {unloaded.p99:.2f} ms unloaded, {loaded.p99:.2f} ms under "
-            f"{connections} connections (allowed {allowed(unloaded.p99):.1f}); attack opened "
+            f"{connections} connections (allowed {limit:.1f}); attack opened "
             f"{stats.get('opened')}, closed by the server {stats.get('closed_by_server')}; "
             f"fds/processes {baseline} -> {after}"
         )
@@ -224,7 +234,7 @@ def test_slowloris_against_an_echo_model(model: str) -> None:
         assert again.failures == 0, "not serving after the attack"
         assert status == 0, f"exit status {status} after SIGTERM"
         if model != "iterative":
-            assert loaded.p99 <= allowed(unloaded.p99), row
+            assert loaded.p99 <= limit, row
     if model == "select":
         assert "FD_SETSIZE" in server.stderr
 
