@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -13,6 +14,7 @@ from duplex.cli.bench import bench
 def test_bench_chat_measures_both_paths(tmp_path: Path) -> None:
     out = tmp_path / "chat.json"
     plot = tmp_path / "chat.png"
+    cpus = os.sched_getaffinity(0)
     result = CliRunner().invoke(
         bench,
         [
@@ -36,6 +38,9 @@ def test_bench_chat_measures_both_paths(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
+    # The command pins itself beside the hub while it runs, then lets go: run in-process
+    # it once left the whole test session on one core.
+    assert os.sched_getaffinity(0) == cpus
     runs = {r["path"]: r for r in json.loads(out.read_text())}
     assert set(runs) == {"relayed", "direct"}
     for run in runs.values():

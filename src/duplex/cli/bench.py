@@ -636,6 +636,9 @@ def chat_cmd(
                 results = run(process.address)
             finally:
                 process.kill()
+                # Give this process its CPUs back: a caller that runs the command
+                # in-process (a test, a notebook) must not stay pinned to one core.
+                os.sched_setaffinity(0, set(cpus))
     click.echo(
         f"{'path':<8} {'pairs':>6} {'window':>6} {'msgs/s':>10} {'p50 ms':>8} {'p90 ms':>8} "
         f"{'p99 ms':>8} {'p99.9':>8} {'max ms':>8} {'errors':>6} {'gen CPU':>7}"
