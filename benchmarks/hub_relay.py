@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from duplex.bench.chat import RelayResult, register_users, run_relay
@@ -41,7 +43,7 @@ def _line(label: str, result: RelayResult) -> str:
     return (
         f"{label:<28} {result.per_second:>10,.0f} msg/s   p50 {lat['p50']:7.2f} ms   "
         f"p99 {lat['p99']:7.2f} ms   max {lat['max']:8.2f} ms   errors {result.errors}   "
-        f"client CPU {result.generator_cpu:4.0%}"
+        f"client CPU {result.generator_cpu:4.0%}   hub CPU {result.server_cpu or 0.0:4.0%}"
     )
 
 
@@ -68,16 +70,22 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
             users = [f"br{i}" for i in range(args.pairs)] + [f"bs{i}" for i in range(args.pairs)]
             await register_users(hub.address, users)
             results = []
+            hub_proc = psutil.Process(hub.proc.pid)
+
+            def hub_cpu() -> float:
+                times = hub_proc.cpu_times()
+                return float(times.user + times.system)
+
             closed = await run_relay(
                 hub.address, pairs=args.pairs, window=args.window, payload=args.payload,
-                duration=args.duration, warmup=args.warmup,
+                duration=args.duration, warmup=args.warmup, server_cpu=hub_cpu,
             )  # fmt: skip
             print(_line(f"closed loop, window {args.window}", closed))
             results.append({"mode": "closed", **closed.as_dict()})
             rate = args.rate or closed.per_second / 2
             opened = await run_relay(
                 hub.address, pairs=args.pairs, payload=args.payload, duration=args.duration,
-                warmup=args.warmup, rate=rate,
+                warmup=args.warmup, rate=rate, server_cpu=hub_cpu,
             )  # fmt: skip
             print(_line(f"open loop at {rate:,.0f}/s", opened))
             results.append({"mode": "open", **opened.as_dict()})

@@ -96,6 +96,8 @@ class RelayResult:
     path: str = "relayed"
     histogram: str = ""
     """The latency histogram, encoded (see :func:`duplex.bench.histogram.decode_histogram`)."""
+    server_cpu: float | None = None
+    """The hub's CPU use over the measured seconds (1.0 = one core), when it was read."""
 
     @property
     def per_second(self) -> float:
@@ -144,6 +146,7 @@ async def run_relay(
     warmup: float = 1.0,
     rate: float | None = None,
     prefix: str = "b",
+    server_cpu: Callable[[], float] | None = None,
 ) -> RelayResult:
     """Drives ``pairs`` conversations through the hub at ``address`` and measures them.
 
@@ -156,6 +159,8 @@ async def run_relay(
         warmup: seconds before measuring.
         rate: total messages per second (open loop), or None for the closed loop.
         prefix: user-name prefix (users must be registered, see :func:`register_users`).
+        server_cpu: reads the hub's CPU seconds so far, to report its use over the
+            measured seconds beside the generator's (which side is saturated?).
     """
     loop = asyncio.get_running_loop()
     recorder = LatencyRecorder()
@@ -233,10 +238,14 @@ async def run_relay(
     delivered = 0
     began = loop.time()
     cpu1 = time.process_time()
+    hub1 = server_cpu() if server_cpu is not None else 0.0
     await asyncio.sleep(duration)
     measuring = False
     elapsed = loop.time() - began
     cpu = (time.process_time() - cpu1) / elapsed if elapsed else 0.0
+    hub_cpu = None
+    if server_cpu is not None and elapsed:
+        hub_cpu = (server_cpu() - hub1) / elapsed
     stopping = True
     if rate is not None:
         ticker.cancel()
@@ -258,6 +267,7 @@ async def run_relay(
         latency_ms=summarize(recorder.hist),
         generator_cpu=cpu,
         histogram=recorder.encoded(),
+        server_cpu=hub_cpu,
     )
 
 

@@ -378,7 +378,9 @@ def _run_node(
 ) -> None:
     import asyncio
 
-    from duplex.hub.run import _loop_factory, serve_hub
+    from duplex.hub.run import _loop_factory, serve_hub, tune_gc
+
+    tune_gc()
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(serve_hub(config, listener, nofile, on_ready=on_ready))
