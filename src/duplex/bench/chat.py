@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from typing import Any, cast
 
 from duplex.bench.histogram import LatencyRecorder, summarize
+from duplex.client.core import new_message_id
 from duplex.errors import RemoteError
 from duplex.protocol.events import Closed, Received
 from duplex.protocol.hub import HubClientSession, SessionConfig
@@ -205,7 +205,10 @@ async def run_relay(
 
     def send(proto: _Lean, when: float | None = None) -> None:
         stamp = f"{when if when is not None else time.perf_counter():<20.9f}"[:20]
-        proto.session.send(m.Send(id=os.urandom(16), to=peer_of[proto.user], body=stamp + pad))
+        # The ids the real client makes (UUIDv7): their order is what keeps the hub's
+        # index appends local, so random ids would measure a hub nobody runs.
+        msg_id = new_message_id()
+        proto.session.send(m.Send(id=msg_id, to=peer_of[proto.user], body=stamp + pad))
 
     receivers = [await _login(address, f"{prefix}r{i}", on_receiver) for i in range(pairs)]
     for i in range(pairs):
