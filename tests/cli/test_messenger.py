@@ -92,7 +92,8 @@ def test_contacts_and_who(tmp_path: Path, hub: HubProcess) -> None:
     )
     listing = duplex(tmp_path, hub, "contacts", "ls", "--user", "alice", "--json")
     assert json.loads(listing.stdout) == [{"user": "bob", "online": False}]
-    assert duplex(tmp_path, hub, "who", "--user", "alice").stdout == "nobody\n"
+    who = duplex(tmp_path, hub, "who", "--user", "alice").stdout
+    assert who == "your contact is offline (duplex contacts ls)\n"
     missing = duplex(tmp_path, hub, "contacts", "add", "ghost", "--user", "alice")
     assert missing.returncode == 1
     assert "there is no user 'ghost'" in missing.stderr

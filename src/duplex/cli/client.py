@@ -398,18 +398,21 @@ def _contacts_action(action: str) -> Callable[..., None]:
                     await client.remove_contact(contact)
                     click.echo(f"removed {contact}")
                 else:
-                    contacts = await client.contacts()
+                    contacts = everyone = await client.contacts()
                     if action == "who":
                         contacts = [c for c in contacts if c.online]
                     if as_json:
                         click.echo(
                             json.dumps([{"user": c.user, "online": c.online} for c in contacts])
                         )
+                    elif not everyone:
+                        click.echo("no contacts yet: duplex contacts add NAME")
                     elif not contacts:
+                        n = len(everyone)
                         click.echo(
-                            "nobody"
-                            if action == "who"
-                            else "no contacts yet: duplex contacts add NAME"
+                            f"none of your {n} contacts is online (duplex contacts ls)"
+                            if n > 1
+                            else "your contact is offline (duplex contacts ls)"
                         )
                     else:
                         for c in contacts:
