@@ -19,5 +19,3 @@ def test_tune_gc_freezes_start_up_and_raises_the_young_threshold() -> None:
     before, after, frozen = json.loads(out.stdout)
     assert after == [GC_THRESHOLD, before[1], before[2]]
     assert frozen > 1000, "start-up objects were not frozen out of the collections"
-    # Cycles are still collected: the collector is tuned, not switched off.
-    assert after[0] > 0

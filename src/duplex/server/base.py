@@ -415,14 +415,6 @@ class Driver(abc.ABC):
         """Wakes the driver's wait: written by :meth:`shutdown` and by caught signals."""
         return self._waker
 
-    def catch_signals(self) -> None:
-        """Makes the signals this process handles wake the driver's wait.
-
-        See :meth:`Waker.catch_signals`; called by whoever installs the handlers, from
-        the main thread, before :meth:`serve_forever`.
-        """
-        self._waker.catch_signals()
-
     def kill(self) -> None:  # noqa: B027 - optional hook
         """Stops at once (the second signal): ends child processes; the caller exits."""
 

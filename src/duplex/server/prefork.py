@@ -248,7 +248,7 @@ class PreforkDriver(Driver):
             inner.shutdown()
 
         signal.signal(signal.SIGTERM, on_term)
-        inner.catch_signals()
+        inner.waker.catch_signals()
         log.debug("worker %d (pid %d) listening on %s", slot, os.getpid(), listener.address)
         inner.serve_forever()
         return 0

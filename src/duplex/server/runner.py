@@ -154,7 +154,7 @@ def run_driver(driver: Driver, on_ready: Callable[[], None] | None = None) -> in
             os._exit(128 + signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    driver.catch_signals()
+    driver.waker.catch_signals()
     try:
         driver.start()
         if on_ready is not None:
