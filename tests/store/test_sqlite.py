@@ -186,6 +186,85 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
         asyncio.run(SqliteStore(tmp_path / "hub.db").open())
 
 
+def test_version_1_database_is_upgraded_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database made before migration 2 keeps its messages, dedupe and receipts."""
+    import duplex.store.sqlite as backend
+
+    first = load_migrations("sqlite")[:1]
+    old_id = new_id()
+
+    async def old(store: SqliteStore) -> None:
+        stored = await store.store_message(NewMessage("alice", "bob", old_id, "old", 1))
+        assert len(await store.ack("bob", "phone", stored.entry.seq, 2)) == 1
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, "load_migrations", lambda dialect: first)
+        _run(SqliteStore(tmp_path / "hub.db"), old)
+
+    async def new(store: SqliteStore) -> None:
+        again = await store.store_message(NewMessage("alice", "bob", old_id, "old", 3))
+        assert (again.duplicate, again.delivered, again.entry.body) == (True, True, "old")
+        assert await store.ack("bob", "laptop", again.entry.seq, 4) == []  # no second receipt
+        assert [e.kind for e in await store.fetch("alice", 0, 10)] == ["receipt"]
+
+    _run(SqliteStore(tmp_path / "hub.db"), new)
+    with sqlite3.connect(tmp_path / "hub.db") as conn:
+        versions = [v[0] for v in conn.execute("SELECT version FROM schema_version")]
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='index'")}
+        columns = [r[2] for r in conn.execute("PRAGMA index_info(entries_msg_id)")]
+    conn.close()
+    assert versions == [1, 2]
+    assert "entries_receipt" not in indexes
+    assert columns == ["msg_id", "peer"]
+
+
+def test_a_group_commit_appends_to_the_message_id_index(tmp_path: Path) -> None:
+    """Time-ordered ids from many senders land on one edge of the dedupe index.
+
+    Counts the write-ahead-log frames of one group commit per index: with the index
+    keyed (peer, msg_id), 200 senders' messages dirtied one leaf per sender's range,
+    every leaf; keyed (msg_id, peer), the few at its right edge and their parents.
+    """
+    senders = [f"user{i:03d}" for i in range(200)]
+    made = iter(range(1 << 30))
+
+    def uuid7_like() -> bytes:  # increasing, as the client's UUIDv7 ids are
+        return next(made).to_bytes(8, "big") + os.urandom(8)
+
+    async def body(store: SqliteStore) -> None:
+        for _ in range(20):  # an index of many leaves
+            await asyncio.gather(
+                *(store.store_message(NewMessage(s, "bob", uuid7_like(), "x", 1)) for s in senders)
+            )
+        assert store._wconn is not None
+        store._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        commits = store.commit_count
+        await asyncio.gather(
+            *(store.store_message(NewMessage(s, "bob", uuid7_like(), "x", 2)) for s in senders)
+        )
+        assert store.commit_count - commits <= 3
+        wal = (tmp_path / "hub.db-wal").read_bytes()
+        with sqlite3.connect(tmp_path / "hub.db") as conn:
+            names = dict(conn.execute("SELECT pageno, name FROM dbstat"))
+            leaves = conn.execute(
+                "SELECT count(*) FROM dbstat WHERE name = 'entries_msg_id' AND pagetype = 'leaf'"
+            ).fetchone()[0]
+        conn.close()
+        size = 4096
+        pages = [
+            int.from_bytes(wal[off : off + 4], "big")
+            for off in range(32, len(wal) - size, 24 + size)
+        ]
+        touched = sum(1 for page in pages if names.get(page) == "entries_msg_id")
+        assert leaves >= 20, leaves  # enough leaves for scattered writes to show
+        # Measured: 36 of 35 leaves (and a parent) before, 6 now.
+        assert touched <= 8, (touched, leaves)
+
+    _run(SqliteStore(tmp_path / "hub.db", synchronous="NORMAL"), body)
+
+
 # -- integrity ------------------------------------------------------------------
 
 
