@@ -3,14 +3,21 @@
     .venv/bin/python benchmarks/hub_relay.py                 # 100 pairs, closed loop, then
                                                              # open loop at half that rate
     .venv/bin/python benchmarks/hub_relay.py --pairs 10 --window 8 --duration 10 --json out.json
+    .venv/bin/python benchmarks/hub_relay.py --window 32 --reference  # and mosquitto, same run
 
 The hub runs as its own process (``duplex serve``, SQLite with synchronous=FULL: every
 message is fsync'd, in group commits, before the sender hears ``stored``), pinned to
 CPU 0; the clients run here, pinned to the other CPUs, so the client load is in the
 same run and measured (its CPU use is printed). Latency is from the send to the
-recipient's receipt of the message. For scale: mosquitto on this machine, driven by a
-C client with 100 pairs and one message in flight per pair, delivers about 55,000
-QoS 1 messages/s (keeping nothing on disk).
+recipient's receipt of the message.
+
+``--reference`` then drives an MQTT broker (mosquitto, ``--mqtt``, default
+``$DUPLEX_TEST_MQTT`` or 127.0.0.1:1883) the same way with a C client
+(``benchmarks/reference/mqtt_pairs.c``, built on demand): the same pairs, window and
+payload, QoS 1, the next publish on the broker's PUBACK as the next duplex message on
+``stored``; the client on the clients' CPU, the broker where the OS puts it. It prints
+the broker's figures and duplex's rate as a ratio of them. The broker keeps nothing on
+disk; duplex fsyncs every message before it says ``stored``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from duplex.bench.chat import RelayResult, register_users, run_relay
+from duplex.bench.reference import run_mqtt_pairs
+from duplex.bench.spec import BenchError
 from duplex.testing.hubs import HubProcess
 
 
@@ -36,6 +45,13 @@ def _pin(cpus: set[int]) -> None:
         os.sched_setaffinity(0, cpus)
     except OSError:
         pass
+
+
+def _broker(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"an MQTT broker is HOST:PORT, not {text!r}")
+    return text
 
 
 def _line(label: str, result: RelayResult) -> str:
@@ -89,9 +105,23 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
             )  # fmt: skip
             print(_line(f"open loop at {rate:,.0f}/s", opened))
             results.append({"mode": "open", **opened.as_dict()})
-            return results
         finally:
             hub.kill()
+    if args.reference:
+        pin = cpus[1] if len(cpus) >= 2 and args.pin else None
+        mqtt = await asyncio.to_thread(
+            run_mqtt_pairs, args.mqtt, pairs=args.pairs, window=args.window,
+            payload=args.payload, duration=args.duration, warmup=args.warmup, cpu=pin,
+        )  # fmt: skip
+        print(
+            f"{'mosquitto QoS 1, window ' + str(args.window):<28} {mqtt['msgs_per_s']:>10,.0f}"
+            f" msg/s   p50 {mqtt['p50_ms']:7.2f} ms   p99 {mqtt['p99_ms']:7.2f} ms   "
+            f"max {mqtt['max_ms']:8.2f} ms   (C client, CPU {mqtt['cpu']:4.0%})"
+        )
+        ratio = closed.per_second / mqtt["msgs_per_s"] if mqtt["msgs_per_s"] else 0.0
+        print(f"duplex / mosquitto QoS 1, closed loop: {ratio:.2f}")
+        results.append({"mode": "mosquitto-qos1", **mqtt, "duplex_ratio": ratio})
+    return results
 
 
 if __name__ == "__main__":
@@ -110,6 +140,18 @@ if __name__ == "__main__":
         help="open-loop rate (default: half the closed-loop rate)",
     )
     parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also drive an MQTT broker the same way (C client) and give the ratio",
+    )
+    parser.add_argument(
+        "--mqtt",
+        default=os.environ.get("DUPLEX_TEST_MQTT", "127.0.0.1:1883"),
+        metavar="HOST:PORT",
+        type=_broker,
+        help="the broker for --reference (default: $DUPLEX_TEST_MQTT or 127.0.0.1:1883)",
+    )
     parser.add_argument("--json", default="", help="write the results to this file")
     parser.add_argument(
         "--no-pin",
@@ -124,6 +166,9 @@ if __name__ == "__main__":
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    out = runner(main(parsed))
+    try:
+        out = runner(main(parsed))
+    except BenchError as exc:
+        sys.exit(f"hub_relay: {exc}")
     if parsed.json:
         Path(parsed.json).write_text(json.dumps(out, indent=2))

@@ -1,15 +1,21 @@
-"""The physical reference: a single-threaded C epoll echo server, built on demand.
+"""The physical references, C programs built on demand.
 
 ``benchmarks/reference/echo_epoll.c`` is what a concurrency model would cost if the
 model cost nothing: one epoll loop, no allocation per request. ``--reference`` builds
 it with the machine's C compiler (``$CC``, else ``cc``, else ``gcc``) into the user's
 cache directory, keyed by a hash of the source and the compiler, so it is compiled
 once and never committed. Every report can then give each model as a ratio of it.
+
+``benchmarks/reference/mqtt_pairs.c`` is the messenger's yardstick: an MQTT broker
+(mosquitto) driven the way ``benchmarks/hub_relay.py`` drives the hub, by a C client,
+so that the hub's figures come with the broker's from the same run
+(:func:`run_mqtt_pairs`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -21,20 +27,24 @@ import platformdirs
 import duplex
 from duplex.bench.spec import BenchError
 
-__all__ = ["build_reference", "find_reference_source"]
+__all__ = ["MQTT_PAIRS", "build_reference", "find_reference_source", "run_mqtt_pairs"]
 
 SOURCE_ENV = "DUPLEX_REFERENCE_SOURCE"
-"""An environment variable that names the C source, for installs outside the checkout."""
+"""An environment variable that names the echo server's C source, for installs outside
+the checkout (the other sources are looked for beside it)."""
+
+ECHO_EPOLL = "echo_epoll.c"
+MQTT_PAIRS = "mqtt_pairs.c"
 
 CFLAGS = ("-O2", "-Wall")
 """Compiler flags of the reference build."""
 
 
-def find_reference_source() -> Path:
-    """Returns the path of ``echo_epoll.c``.
+def find_reference_source(name: str = ECHO_EPOLL) -> Path:
+    """Returns the path of a reference's C source (``echo_epoll.c`` by default).
 
-    Looks at ``$DUPLEX_REFERENCE_SOURCE``, then at ``benchmarks/reference/`` of the
-    checkout that holds this duplex package.
+    Looks beside ``$DUPLEX_REFERENCE_SOURCE`` (which names ``echo_epoll.c``), then in
+    ``benchmarks/reference/`` of the checkout that holds this duplex package.
 
     Raises:
         BenchError: the source cannot be found.
@@ -42,17 +52,19 @@ def find_reference_source() -> Path:
     override = os.environ.get(SOURCE_ENV)
     if override:
         path = Path(override)
+        if name != ECHO_EPOLL:
+            path = path.with_name(name)
         if path.is_file():
             return path
-        raise BenchError(f"${SOURCE_ENV} names {override}, which is not a file")
+        raise BenchError(f"${SOURCE_ENV} names {override}, and {path} is not a file")
     here = Path(duplex.__file__).resolve()
     for parent in here.parents:
-        candidate = parent / "benchmarks" / "reference" / "echo_epoll.c"
+        candidate = parent / "benchmarks" / "reference" / name
         if candidate.is_file():
             return candidate
     raise BenchError(
-        "cannot find benchmarks/reference/echo_epoll.c next to the duplex package; "
-        f"set ${SOURCE_ENV} to its path"
+        f"cannot find benchmarks/reference/{name} next to the duplex package; "
+        f"set ${SOURCE_ENV} to the path of {ECHO_EPOLL} there"
     )
 
 
@@ -63,12 +75,15 @@ def _compiler() -> str:
     raise BenchError("--reference needs a C compiler (cc, gcc or clang; or set $CC)")
 
 
-def build_reference(cache_dir: Path | None = None, source: Path | None = None) -> Path:
-    """Compiles the C reference server unless an up-to-date build is cached.
+def build_reference(
+    cache_dir: Path | None = None, source: Path | None = None, name: str = ECHO_EPOLL
+) -> Path:
+    """Compiles a C reference unless an up-to-date build is cached.
 
     Args:
         cache_dir: where to keep the binary; by default the user's cache directory.
-        source: the C file; by default :func:`find_reference_source`.
+        source: the C file; by default ``find_reference_source(name)``.
+        name: which reference: :data:`ECHO_EPOLL` (default) or :data:`MQTT_PAIRS`.
 
     Returns:
         The path of the executable.
@@ -76,18 +91,19 @@ def build_reference(cache_dir: Path | None = None, source: Path | None = None) -
     Raises:
         BenchError: no compiler, no source, or the build failed.
     """
-    source = source or find_reference_source()
+    source = source or find_reference_source(name)
+    stem = source.stem
     compiler = _compiler()
     code = source.read_bytes()
     key = hashlib.sha256(code + compiler.encode() + " ".join(CFLAGS).encode()).hexdigest()[:16]
     cache = cache_dir or Path(platformdirs.user_cache_dir("duplex")) / "reference"
     cache.mkdir(parents=True, exist_ok=True)
-    binary = cache / f"echo_epoll-{key}"
+    binary = cache / f"{stem}-{key}"
     if binary.is_file() and os.access(binary, os.X_OK):
         return binary
     # Build beside the final name and rename: two benches building at once never run
     # a half-written binary.
-    fd, tmp = tempfile.mkstemp(prefix=".echo_epoll-", dir=cache)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}-", dir=cache)
     os.close(fd)
     try:
         done = subprocess.run(
@@ -110,3 +126,52 @@ def build_reference(cache_dir: Path | None = None, source: Path | None = None) -
         if os.path.exists(tmp):
             os.unlink(tmp)
     return binary
+
+
+def run_mqtt_pairs(
+    broker: str,
+    *,
+    pairs: int = 100,
+    window: int = 1,
+    qos: int = 1,
+    payload: int = 64,
+    duration: float = 5.0,
+    warmup: float = 1.0,
+    cpu: int | None = None,
+) -> dict[str, float]:
+    """Runs the MQTT reference client against ``broker`` (``host:port``) and returns
+    its figures: ``msgs_per_s``, ``p50_ms``, ``p99_ms``, ``max_ms`` and ``cpu`` (the
+    client's, in cores).
+
+    Args:
+        broker: the MQTT broker's IPv4 address and port.
+        pairs, window, payload, duration, warmup: as ``hub_relay.py``'s.
+        qos: 1 (the broker acknowledges each publish) or 0.
+        cpu: pin the client to this CPU.
+
+    Raises:
+        BenchError: no compiler, the broker is unreachable or refused us, or the
+            client failed.
+    """
+    host, _, port = broker.rpartition(":")
+    if not host or not port.isdigit():
+        raise BenchError(f"an MQTT broker is host:port, not {broker!r}")
+    binary = build_reference(name=MQTT_PAIRS)
+    args = [str(binary), "-h", host, "-p", port, "-n", str(pairs), "-W", str(window)]
+    args += ["-q", str(qos), "-s", str(max(8, payload)), "-d", str(duration), "-w", str(warmup)]
+    if cpu is not None:
+        args += ["-c", str(cpu)]
+    try:
+        done = subprocess.run(
+            args, capture_output=True, text=True, timeout=duration + warmup + 60, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"the MQTT reference client failed: {exc}") from exc
+    if done.returncode != 0:
+        detail = done.stderr.strip().splitlines()
+        raise BenchError(detail[-1] if detail else f"mqtt_pairs exited {done.returncode}")
+    try:
+        result = json.loads(done.stdout)
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"mqtt_pairs printed no result: {done.stdout[:200]!r}") from exc
+    return {key: float(value) for key, value in result.items()}

@@ -1,0 +1,97 @@
+"""``benchmarks/hub_relay.py`` (issue #3's benchmark) and its MQTT reference, for real.
+
+The reference tests need an MQTT broker at ``$DUPLEX_TEST_MQTT`` (default mosquitto on
+127.0.0.1:1883) and a C compiler; they skip, saying which is missing, without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from duplex.bench.reference import run_mqtt_pairs
+from duplex.bench.spec import BenchError
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "hub_relay.py"
+SHORT = ["--pairs", "3", "--duration", "0.6", "--warmup", "0.2"]
+MQTT = os.environ.get("DUPLEX_TEST_MQTT", "127.0.0.1:1883")
+
+
+def _script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def _need_broker_and_compiler() -> None:
+    if not any(shutil.which(c) for c in (os.environ.get("CC") or "cc", "gcc", "clang")):
+        pytest.skip("no C compiler to build benchmarks/reference/mqtt_pairs.c")
+    host, _, port = MQTT.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError as exc:
+        pytest.skip(f"no MQTT broker at {MQTT} ($DUPLEX_TEST_MQTT): {exc}")
+
+
+def test_closed_then_open_loop(tmp_path: Path) -> None:
+    out = tmp_path / "relay.json"
+    done = _script(*SHORT, "--window", "2", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "closed loop, window 2" in done.stdout
+    assert "open loop at" in done.stdout
+    closed, opened = json.loads(out.read_text())
+    assert (closed["mode"], opened["mode"]) == ("closed", "open")
+    for result in (closed, opened):
+        assert result["per_second"] > 0
+        assert result["errors"] == 0
+
+
+def test_reference_gives_the_brokers_figures_and_the_ratio(tmp_path: Path) -> None:
+    _need_broker_and_compiler()
+    out = tmp_path / "relay.json"
+    done = _script(*SHORT, "--reference", "--mqtt", MQTT, "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "mosquitto QoS 1, window 1" in done.stdout
+    assert "duplex / mosquitto QoS 1, closed loop:" in done.stdout
+    closed, _, mqtt = json.loads(out.read_text())
+    assert mqtt["mode"] == "mosquitto-qos1"
+    assert mqtt["pairs"] == 3 and mqtt["messages"] > 0
+    assert mqtt["p50_ms"] <= mqtt["p99_ms"] <= mqtt["max_ms"]
+    assert mqtt["duplex_ratio"] == pytest.approx(closed["per_second"] / mqtt["msgs_per_s"])
+
+
+@pytest.mark.parametrize(("qos", "window"), [(0, 1), (1, 4)])
+def test_mqtt_pairs_delivers_at_either_qos_and_window(qos: int, window: int) -> None:
+    _need_broker_and_compiler()
+    result = run_mqtt_pairs(MQTT, pairs=2, window=window, qos=qos, duration=0.5, warmup=0.1)
+    assert (result["qos"], result["window"], result["pairs"]) == (qos, window, 2)
+    assert result["messages"] > 0 and result["msgs_per_s"] > 0
+
+
+def test_unreachable_broker_is_one_clear_error() -> None:
+    if not any(shutil.which(c) for c in (os.environ.get("CC") or "cc", "gcc", "clang")):
+        pytest.skip("no C compiler to build benchmarks/reference/mqtt_pairs.c")
+    with socket.socket() as probe:  # a loopback port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(BenchError, match="connect to the broker"):
+        run_mqtt_pairs(f"127.0.0.1:{port}", pairs=1, duration=0.2, warmup=0)
+    with pytest.raises(BenchError, match="host:port"):
+        run_mqtt_pairs("nohost", duration=0.2)
+
+
+def test_bad_broker_address_is_refused_before_the_run() -> None:
+    done = _script("--reference", "--mqtt", "nohost")
+    assert done.returncode == 2
+    assert "an MQTT broker is HOST:PORT, not 'nohost'" in done.stderr
