@@ -34,9 +34,13 @@ def _script(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _need_broker_and_compiler() -> None:
+def _need_compiler() -> None:
     if not any(shutil.which(c) for c in (os.environ.get("CC") or "cc", "gcc", "clang")):
         pytest.skip("no C compiler to build benchmarks/reference/mqtt_pairs.c")
+
+
+def _need_broker_and_compiler() -> None:
+    _need_compiler()
     host, _, port = MQTT.rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=2).close()
@@ -80,8 +84,7 @@ def test_mqtt_pairs_delivers_at_either_qos_and_window(qos: int, window: int) -> 
 
 
 def test_unreachable_broker_is_one_clear_error() -> None:
-    if not any(shutil.which(c) for c in (os.environ.get("CC") or "cc", "gcc", "clang")):
-        pytest.skip("no C compiler to build benchmarks/reference/mqtt_pairs.c")
+    _need_compiler()
     with socket.socket() as probe:  # a loopback port with nobody listening
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
