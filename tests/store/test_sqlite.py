@@ -265,6 +265,41 @@ def test_a_group_commit_appends_to_the_message_id_index(tmp_path: Path) -> None:
     _run(SqliteStore(tmp_path / "hub.db", synchronous="NORMAL"), body)
 
 
+def test_an_ack_sees_a_message_of_its_own_transaction(tmp_path: Path) -> None:
+    """Inserts wait for the end of a group commit, except where an ack must read them.
+
+    A device may ack "everything" (a sequence past the end) while a message to it
+    sits in the same batch: that message must be marked delivered and get its receipt,
+    not be passed over by ``acked_seq``. The cursors are written at the end, once.
+    """
+    from duplex.store.sqlite import _apply_ack, _apply_store, _Txn
+
+    async def body(store: SqliteStore) -> None:
+        conn = store._wconn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            txn = _Txn(conn)
+            first = _apply_store(txn, NewMessage("alice", "bob", new_id(), "one", 1))
+            _apply_store(txn, NewMessage("carol", "dave", new_id(), "other", 1))
+            receipts = _apply_ack(txn, "bob", "phone", 10**9, 2)
+            assert [(r.user, r.kind, r.msg_id) for r in receipts] == [
+                ("alice", "receipt", first.entry.msg_id)
+            ]
+            assert _apply_ack(txn, "bob", "laptop", 10**9, 3) == []  # once only
+            txn.finish(1)
+            rows = conn.execute(
+                "SELECT mailbox, kind, delivered FROM entries ORDER BY mailbox, seq"
+            ).fetchall()
+            cursors = conn.execute("SELECT mailbox, device, seq FROM cursors ORDER BY 2").fetchall()
+        finally:
+            conn.execute("ROLLBACK")
+        assert rows == [("alice", "receipt", None), ("bob", "msg", 2), ("dave", "msg", None)]
+        assert cursors == [("bob", "laptop", 1), ("bob", "phone", 1)]
+
+    _run(SqliteStore(tmp_path / "hub.db"), body)
+
+
 # -- integrity ------------------------------------------------------------------
 
 
