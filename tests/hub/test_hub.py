@@ -16,7 +16,7 @@ from duplex.client import (
     MessageStateChanged,
     PresenceChanged,
 )
-from duplex.errors import AuthError, RemoteError
+from duplex.errors import AuthError, RemoteError, StoreError
 from duplex.testing.clients import EventLog, new_client, wait_for_event
 from duplex.testing.hubs import hub_test_config, running_hub
 from duplex.wire import messages as m
@@ -417,3 +417,52 @@ def test_a_sender_flood_is_paused_not_buffered(tmp_path: Path) -> None:
                 flood.close()
 
     run(scenario())
+
+
+def test_a_failed_ack_write_is_retried_by_the_next_ack(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hub writes acks through callbacks; one that fails loses nothing."""
+
+    async def scenario() -> None:
+        async with running_hub(hub_test_config(tmp_path)) as hub:
+            bob = await new_client(hub.address, "bob")
+            alice = await new_client(hub.address, "alice")
+            core = hub.hub
+            real = core._submit_ack
+            assert real is not None  # SQLite and the in-process broker: the fast path
+            failed: list[int] = []
+            tried = asyncio.Event()
+
+            def failing_once(
+                user: str, device: str, upto: int, ts: int
+            ) -> asyncio.Future[list[object]] | None:
+                if failed:
+                    return real(user, device, upto, ts)  # type: ignore[return-value]
+                failed.append(upto)
+                tried.set()
+                future: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
+                future.set_exception(StoreError("disk on fire"))
+                return future
+
+            core._submit_ack = failing_once  # type: ignore[assignment]
+            try:
+                first = await alice.send("bob", "one")
+                await wait_for_event(bob, MessageReceived, lambda e: e.id == first)
+                await asyncio.wait_for(tried.wait(), 10)
+                assert alice.state_of(first)[0] == "stored"  # its receipt was not written
+                second = await alice.send("bob", "two")
+                for msg_id in (first, second):
+                    await wait_for_event(
+                        alice,
+                        MessageStateChanged,
+                        lambda e, i=msg_id: e.id == i and e.state == "delivered",  # type: ignore[misc]
+                    )
+                assert len(core.connections) == 2  # nobody was disconnected for it
+            finally:
+                await alice.close()
+                await bob.close()
+
+    with caplog.at_level("ERROR", logger="duplex.hub"):
+        run(scenario())
+    assert "writing an ack of bob failed: disk on fire" in caplog.text

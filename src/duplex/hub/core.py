@@ -173,7 +173,7 @@ class Hub:
         self._send_buckets: dict[str, TokenBucket] = {}
         self._known_users: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._storing = 0  # messages handed to the store and not answered yet
+        self._storing = 0  # writes (messages, acks) handed to the store, not answered yet
         self._handlers: dict[
             type[m.Message], Callable[[HubConnection, Any], Awaitable[None] | None]
         ] = {
@@ -193,6 +193,9 @@ class Hub:
         self._submit_message: Callable[[NewMessage], asyncio.Future[Stored] | None] | None = (
             getattr(store, "submit_message", None)
         )
+        self._submit_ack: (
+            Callable[[str, str, int, int], asyncio.Future[list[Entry]] | None] | None
+        ) = getattr(store, "submit_ack", None)
         self._sessions_now: Callable[[str], list[SessionInfo]] | None = getattr(
             broker, "sessions_now", None
         )
@@ -516,11 +519,14 @@ class Hub:
         sessions = self._sessions_now(stored.entry.user)
         self._answer_stored(conn, msg, stored, sessions)
         if not stored.duplicate:
-            entry = stored.entry
-            for info in sessions:  # all on this node: the in-process broker has no other
-                target = self.local.get(info.session)
-                if target is not None:
-                    self.deliver(target, entry)
+            self._deliver_here(stored.entry, sessions)
+
+    def _deliver_here(self, entry: Entry, sessions: list[SessionInfo]) -> None:
+        """:meth:`_push` for the in-process broker, whose sessions are all on this node."""
+        for info in sessions:
+            target = self.local.get(info.session)
+            if target is not None:
+                self.deliver(target, entry)
 
     async def _send_to_unknown(self, conn: HubConnection, live: LiveSession, msg: m.Send) -> None:
         if await self.store.get_user(msg.to) is None:
@@ -561,7 +567,41 @@ class Hub:
         live.acked = upto
         if not live.acking:
             live.acking = True
-            self.spawn(self._ack(live))
+            self._ack_soon(live)
+
+    def _ack_soon(self, live: LiveSession) -> None:
+        """Writes ``live``'s ack: through callbacks when the backends allow (as
+        :meth:`_store_and_route_soon`), else as a task."""
+        if self._submit_ack is not None and self._sessions_now is not None:
+            upto = live.acked
+            future = self._submit_ack(live.user, live.info.device, upto, self.clock())
+            if future is not None:
+                self._storing += 1
+                future.add_done_callback(functools.partial(self._acked, live, upto))
+                return
+        self.spawn(self._ack(live))
+
+    def _acked(self, live: LiveSession, upto: int, future: asyncio.Future[list[Entry]]) -> None:
+        self._storing -= 1
+        if future.cancelled():
+            live.acking = False
+            return
+        exc = future.exception()
+        if exc is not None:
+            live.acking = False  # the next Ack retries; the device keeps its cursor
+            log.error("writing an ack of %s failed: %s", live.user, exc)
+            return
+        receipts = future.result()
+        live.ack_written = upto
+        if receipts:
+            self.metrics.delivered.inc(len(receipts))
+            assert self._sessions_now is not None
+            for receipt in receipts:
+                self._deliver_here(receipt, self._sessions_now(receipt.user))
+        if live.ack_written < live.acked:
+            self._ack_soon(live)
+        else:
+            live.acking = False
 
     async def _ack(self, live: LiveSession) -> None:
         # One store.ack at a time per session: acks are cumulative, so the ones that

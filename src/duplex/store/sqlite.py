@@ -807,6 +807,14 @@ class SqliteStore:
         validate_batch((message,))
         return self._submit(lambda txn: _apply_store(txn, message), message)
 
+    def submit_ack(
+        self, user: str, device: str, upto: int, ts: int
+    ) -> asyncio.Future[list[Entry]] | None:
+        """:meth:`ack` without a coroutine, for the hub's hot path (see :meth:`submit_message`)."""
+        if self._closed or self._failed is not None or self._pending >= MAX_PENDING_WRITES:
+            return None
+        return self._submit(lambda txn: _apply_ack(txn, user, device, upto, ts))
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_usable()
         assert self._rsem is not None and self._loop is not None
