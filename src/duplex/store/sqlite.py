@@ -802,7 +802,7 @@ class SqliteStore:
         None when the store cannot take it now (the queue is full, or the store is
         closed or failed): then await :meth:`store_message`, which waits or raises.
         """
-        if self._closed or self._failed is not None or self._pending >= MAX_PENDING_WRITES:
+        if not self._takes_now():
             return None
         validate_batch((message,))
         return self._submit(lambda txn: _apply_store(txn, message), message)
@@ -811,9 +811,13 @@ class SqliteStore:
         self, user: str, device: str, upto: int, ts: int
     ) -> asyncio.Future[list[Entry]] | None:
         """:meth:`ack` without a coroutine, for the hub's hot path (see :meth:`submit_message`)."""
-        if self._closed or self._failed is not None or self._pending >= MAX_PENDING_WRITES:
+        if not self._takes_now():
             return None
         return self._submit(lambda txn: _apply_ack(txn, user, device, upto, ts))
+
+    def _takes_now(self) -> bool:
+        """Whether a write can be queued without waiting (the ``submit_*`` methods)."""
+        return not self._closed and self._failed is None and self._pending < MAX_PENDING_WRITES
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_usable()
