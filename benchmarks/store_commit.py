@@ -12,10 +12,17 @@ PostgreSQL runs when the server in ``$DUPLEX_TEST_PG`` (default trust auth on
 127.0.0.1:5432, database ``test``) answers, in a schema made for the run and dropped
 after it.
 
+With ``--relay`` each sender does what one relayed message costs the hub's store:
+``store_message``, the recipient's ``ack`` (which appends the receipt), then the
+sender's ``ack`` of that receipt. The CPU column is this process's per message (the
+store's threads and the loop that drives them; not PostgreSQL's server). Message
+ids are UUIDv7, as the client makes them.
+
 Examples::
 
     python benchmarks/store_commit.py                      # short run, every backend
     python benchmarks/store_commit.py -c 1000 -d 5 --no-pg
+    python benchmarks/store_commit.py --relay -c 100 -d 4 --no-pg
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from duplex.client.core import new_message_id
 from duplex.errors import DuplexError
 from duplex.store.base import NewMessage, Store
 from duplex.store.sqlite import SqliteStore
@@ -42,10 +50,19 @@ DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 class Result:
     """One row of the table."""
 
-    def __init__(self, label: str, messages: int, seconds: float, commits: int, lat: list[float]):
+    def __init__(
+        self,
+        label: str,
+        messages: int,
+        seconds: float,
+        commits: int,
+        lat: list[float],
+        cpu: float = 0.0,
+    ):
         self.label = label
         self.rate = messages / seconds
         self.per_commit = messages / max(1, commits)
+        self.cpu_us = cpu / messages * 1e6 if messages else 0.0
         lat.sort()
         self.p50 = lat[len(lat) // 2] * 1000 if lat else 0.0
         self.p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else 0.0
@@ -59,6 +76,7 @@ async def measure(
     recipients: int,
     body: str,
     duration: float,
+    relay: bool = False,
 ) -> Result:
     """Opens a store, runs the closed loop for ``duration`` seconds, closes it.
 
@@ -69,6 +87,8 @@ async def measure(
         recipients: distinct mailboxes written to.
         body: each message's text.
         duration: seconds measured (after a short warm-up).
+        relay: after each message, the recipient's ack and the sender's ack of the
+            receipt, as for a relayed message (latency then covers all three).
 
     Returns:
         The row.
@@ -84,9 +104,13 @@ async def measure(
         nonlocal sent
         i = 0
         while not stop:
-            message = NewMessage(f"s{k}", f"r{(k + i) % recipients}", os.urandom(16), body, i)
+            recipient = f"r{(k + i) % recipients}"
+            message = NewMessage(f"s{k}", recipient, new_message_id(), body, i)
             start = time.perf_counter()
-            await store.store_message(message)
+            stored = await store.store_message(message)
+            if relay:
+                for receipt in await store.ack(recipient, "d", stored.entry.seq, i):
+                    await store.ack(receipt.user, "d", receipt.seq, i)
             if counted:
                 latencies.append(time.perf_counter() - start)
                 sent += 1
@@ -98,15 +122,17 @@ async def measure(
         commits0 = int(getattr(store, "commit_count", 0))
         counted = True
         start = time.perf_counter()
+        cpu0 = time.process_time()
         await asyncio.sleep(duration)
         counted = False
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu0
         commits = int(getattr(store, "commit_count", 0)) - commits0
         stop = True
         await asyncio.gather(*tasks)
     finally:
         await store.close()
-    return Result(label, sent, elapsed, commits, latencies)
+    return Result(label, sent, elapsed, commits, latencies, cpu)
 
 
 async def _pg_schema(dsn: str, sql: str) -> str | None:
@@ -139,6 +165,7 @@ async def _run(args: argparse.Namespace) -> list[Result]:
         "recipients": args.recipients,
         "body": "x" * args.size,
         "duration": args.duration,
+        "relay": args.relay,
     }
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="duplex-bench-", dir=args.dir) as tmp:
@@ -179,9 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=None, help="where the SQLite files go (default: tmp)")
     parser.add_argument("--pg", default=os.environ.get("DUPLEX_TEST_PG", DEFAULT_PG))
     parser.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
+    parser.add_argument(
+        "--relay", action="store_true", help="each message also acked by both sides"
+    )
     args = parser.parse_args(argv)
+    what = "store_message + 2 acks" if args.relay else "store_message"
     print(
-        f"store_message, {args.concurrency} senders in a closed loop, {args.recipients} "
+        f"{what}, {args.concurrency} senders in a closed loop, {args.recipients} "
         f"mailboxes, {args.size}-byte bodies, {args.duration:g} s per row",
         file=sys.stderr,
     )
@@ -190,11 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     except DuplexError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    header = f"{'backend':<30} {'msgs/s':>9} {'msgs/commit':>12} {'p50 ms':>8} {'p99 ms':>8}"
+    header = (
+        f"{'backend':<30} {'msgs/s':>9} {'msgs/commit':>12} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'CPU us/msg':>11}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r.label:<30} {r.rate:>9.0f} {r.per_commit:>12.1f} {r.p50:>8.2f} {r.p99:>8.2f}")
+        print(
+            f"{r.label:<30} {r.rate:>9.0f} {r.per_commit:>12.1f} {r.p50:>8.2f} {r.p99:>8.2f}"
+            f" {r.cpu_us:>11.1f}"
+        )
     return 0
 
 
