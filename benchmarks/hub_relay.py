@@ -104,6 +104,12 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
                 warmup=args.warmup, rate=rate, server_cpu=hub_cpu,
             )  # fmt: skip
             print(_line(f"open loop at {rate:,.0f}/s", opened))
+            if opened.per_second < 0.95 * rate:
+                # Latency then measures a growing queue, not the hub at that rate.
+                print(
+                    f"  the hub fell behind: {opened.per_second:,.0f} of {rate:,.0f} msg/s "
+                    "offered; try a lower --rate"
+                )
             results.append({"mode": "open", **opened.as_dict()})
         finally:
             hub.kill()
