@@ -14,9 +14,10 @@
  *   ./mqtt_pairs [-h host] [-p port] [-n pairs] [-q qos] [-d seconds] [-w warmup]
  *                [-s payload] [-c cpu] [-W window]
  *
- * Prints one JSON object: {"qos":1,"pairs":100,"messages":...,"msgs_per_s":...,
- * "p50_ms":...,"p99_ms":...,"max_ms":...,"cpu":...}. Exits 1 with a message on
- * stderr when the broker cannot be reached or refuses the connection.
+ * Prints one JSON object: {"qos":1,"pairs":100,"window":1,"messages":...,
+ * "msgs_per_s":...,"p50_ms":...,"p99_ms":...,"max_ms":...,"cpu":...} (cpu: this
+ * client's, in cores). Exits 1 with a message on stderr when the broker cannot be
+ * reached or refuses the connection, 2 on bad arguments.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -121,7 +122,7 @@ static int dial(const char *host, int port) {
 static char topic_prefix[64];
 static int qos = 1, payload = 64, window = 1;
 static double *samples;
-static long nsamples, delivered, acked;
+static long nsamples, delivered;
 static int measuring;
 
 static void publish(struct pair *p) {
@@ -196,7 +197,6 @@ static void on_packet(struct conn *c, struct pair *pairs, unsigned char type,
         break;
     }
     case 4: /* PUBACK, at the publisher */
-        acked++;
         publish(p);
         break;
     default:
