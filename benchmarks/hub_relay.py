@@ -30,11 +30,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from duplex.bench.chat import RelayResult, register_users, run_relay
+from duplex.bench.machine import process_cpu_seconds
 from duplex.bench.reference import run_mqtt_pairs
 from duplex.bench.spec import BenchError
 from duplex.testing.hubs import HubProcess
@@ -86,11 +85,9 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
             users = [f"br{i}" for i in range(args.pairs)] + [f"bs{i}" for i in range(args.pairs)]
             await register_users(hub.address, users)
             results = []
-            hub_proc = psutil.Process(hub.proc.pid)
 
             def hub_cpu() -> float:
-                times = hub_proc.cpu_times()
-                return float(times.user + times.system)
+                return process_cpu_seconds(hub.proc.pid)
 
             closed = await run_relay(
                 hub.address, pairs=args.pairs, window=args.window, payload=args.payload,

@@ -59,6 +59,7 @@ from typing import Any
 import psutil
 from hdrh.histogram import HdrHistogram
 
+from duplex.bench.machine import process_cpu_seconds
 from duplex.protocol.events import Closed, Received
 from duplex.protocol.hub import HubClientSession, SessionConfig
 from duplex.wire import messages as m
@@ -427,11 +428,7 @@ class Hub:
 
     def cpu(self) -> float:
         """Sum of the node processes' CPU seconds."""
-        total = 0.0
-        for pid in self.pids:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        return total
+        return sum(process_cpu_seconds(pid) for pid in self.pids)
 
     def stop(self) -> None:
         """SIGTERM, and wait."""

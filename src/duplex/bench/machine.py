@@ -1,4 +1,4 @@
-"""Is the machine quiet? CPU time of whole CPUs, from ``/proc/stat``.
+"""Is the machine quiet? CPU time of whole CPUs, from ``/proc/stat``; and of processes.
 
 A bench pins the server and the generator to CPUs, and measures the CPU time its
 own processes use. ``/proc/stat`` says how busy those CPUs were *in all* over the
@@ -17,7 +17,7 @@ import dataclasses
 import os
 from collections.abc import Iterable
 
-__all__ = ["CpuTimes", "busy_between", "read_cpu_times"]
+__all__ = ["CpuTimes", "busy_between", "process_cpu_seconds", "read_cpu_times"]
 
 _TICK = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
 
@@ -30,6 +30,32 @@ class CpuTimes:
     """user + nice + system: time some task ran (ours or someone else's)."""
     steal: float
     """Time the hypervisor gave this virtual CPU's slot to another guest."""
+
+
+def process_cpu_seconds(pid: int, *, descendants: bool = False) -> float:
+    """User + system CPU seconds of process ``pid``, all its threads.
+
+    With ``descendants``, also those of the processes it made: the live ones, and
+    through ``pid``'s ``children_*`` times the ones it already reaped (the fork model
+    reaps each connection's child). A descendant that ends meanwhile is skipped.
+
+    Raises:
+        psutil.Error: ``pid`` is gone or cannot be read.
+    """
+    import psutil
+
+    root = psutil.Process(pid)
+    times = root.cpu_times()
+    total = times.user + times.system
+    if descendants:
+        total += times.children_user + times.children_system
+        for child in root.children(recursive=True):
+            try:
+                t = child.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system
+    return float(total)
 
 
 def read_cpu_times(path: str = "/proc/stat") -> dict[int, CpuTimes]:

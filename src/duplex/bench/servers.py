@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from duplex.bench.machine import process_cpu_seconds
 from duplex.bench.spec import BenchError, Target
 
 __all__ = ["REFERENCE_LABEL", "BenchServer", "plan_cpus"]
@@ -222,17 +223,8 @@ class BenchServer:
         times once reaped (the fork model reaps each connection's child).
         """
         try:
-            import psutil
-
-            root = psutil.Process(self.proc.pid)
-            times = root.cpu_times()
-            total = times.user + times.system + times.children_user + times.children_system
-            for child in root.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    t = child.cpu_times()
-                    total += t.user + t.system
-            return float(total)
-        except Exception:
+            return process_cpu_seconds(self.proc.pid, descendants=True)
+        except Exception:  # gone, or psutil cannot read it here
             return None
 
     def stop(self) -> int | None:

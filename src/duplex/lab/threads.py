@@ -23,6 +23,7 @@ import os
 import time
 from typing import Any
 
+from duplex.bench.machine import process_cpu_seconds
 from duplex.lab.common import Experiment, Progress, figure, save_figure
 from duplex.lab.errors import ExperimentError
 from duplex.lab.helpers import RECORD, calibrate_cpu
@@ -109,16 +110,6 @@ Point = tuple[int, float, float]
 
 def _threads(n: int) -> str:
     return f"{n} thread" if n == 1 else f"{n} threads"
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads), in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _beyond(points: list[Point], cpus: int) -> tuple[Point | None, Point | None]:
@@ -210,9 +201,11 @@ def run(params: Params, progress: Progress) -> Result:
                 runs: list[Point] = []
                 try:
                     for _ in range(max(1, params.repeats)):
-                        cpu0 = _cpu_seconds(server.pid)
+                        cpu0 = process_cpu_seconds(server.pid)
                         rate = _measure(int(info["port"]), connections, params, foreign)
-                        used = (_cpu_seconds(server.pid) - cpu0) / (params.warmup + params.duration)
+                        used = (process_cpu_seconds(server.pid) - cpu0) / (
+                            params.warmup + params.duration
+                        )
                         runs.append((size, rate, round(used, 3)))
                 finally:
                     children.stop(server)
