@@ -84,7 +84,8 @@ class Light(asyncio.Protocol):
     """One logged-in, heartbeating session: a HubClientSession and a timer."""
 
     __slots__ = (
-        "loop", "on_deliver", "on_state", "session", "timer", "timer_at", "transport", "user",
+        "closing", "loop", "on_deliver", "on_state", "session", "timer", "timer_at",
+        "transport", "user",
     )  # fmt: skip
 
     def __init__(
@@ -92,6 +93,7 @@ class Light(asyncio.Protocol):
         on_deliver: Callable[[Light, m.Deliver], None] | None = None,
     ) -> None:  # fmt: skip
         self.loop = asyncio.get_running_loop()
+        self.closing = False  # we closed it: its end is not news
         self.user = user
         self.on_state = on_state
         self.on_deliver = on_deliver
@@ -118,7 +120,8 @@ class Light(asyncio.Protocol):
             self.timer.cancel()
         if not self.session.closed:
             self.session.receive_eof()
-            self.on_state(self, "lost")
+            if not self.closing:
+                self.on_state(self, "lost")
 
     def send(self, message: m.Message) -> None:
         if not self.session.closed:
@@ -126,6 +129,7 @@ class Light(asyncio.Protocol):
             self._flush()
 
     def close(self) -> None:
+        self.closing = True
         if self.transport is not None:
             self.transport.close()
 
