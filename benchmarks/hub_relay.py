@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from duplex.bench.chat import RelayResult, register_users, run_relay
 from duplex.bench.machine import process_cpu_seconds
-from duplex.bench.reference import run_mqtt_pairs
+from duplex.bench.reference import parse_broker, run_mqtt_pairs
 from duplex.bench.spec import BenchError
 from duplex.testing.hubs import HubProcess
 
@@ -47,9 +47,10 @@ def _pin(cpus: set[int]) -> None:
 
 
 def _broker(text: str) -> str:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"an MQTT broker is HOST:PORT, not {text!r}")
+    try:
+        parse_broker(text)
+    except BenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

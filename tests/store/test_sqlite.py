@@ -252,10 +252,10 @@ def test_a_group_commit_appends_to_the_message_id_index(tmp_path: Path) -> None:
                 "SELECT count(*) FROM dbstat WHERE name = 'entries_msg_id' AND pagetype = 'leaf'"
             ).fetchone()[0]
         conn.close()
-        size = 4096
-        pages = [
+        size = int.from_bytes(wal[8:12], "big")  # the log header's page size
+        pages = [  # each frame: a 24-byte header starting with its page number, the page
             int.from_bytes(wal[off : off + 4], "big")
-            for off in range(32, len(wal) - size, 24 + size)
+            for off in range(32, len(wal) - size - 23, 24 + size)
         ]
         touched = sum(1 for page in pages if names.get(page) == "entries_msg_id")
         assert leaves >= 20, leaves  # enough leaves for scattered writes to show

@@ -27,7 +27,14 @@ import platformdirs
 import duplex
 from duplex.bench.spec import BenchError
 
-__all__ = ["MQTT_PAIRS", "build_reference", "find_reference_source", "run_mqtt_pairs"]
+__all__ = [
+    "MQTT_PAIRS",
+    "build_reference",
+    "find_compiler",
+    "find_reference_source",
+    "parse_broker",
+    "run_mqtt_pairs",
+]
 
 SOURCE_ENV = "DUPLEX_REFERENCE_SOURCE"
 """An environment variable that names the echo server's C source, for installs outside
@@ -68,7 +75,12 @@ def find_reference_source(name: str = ECHO_EPOLL) -> Path:
     )
 
 
-def _compiler() -> str:
+def find_compiler() -> str:
+    """Returns the C compiler the references are built with.
+
+    Raises:
+        BenchError: none of ``$CC``, cc, gcc or clang is on the PATH.
+    """
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
             return name
@@ -93,7 +105,7 @@ def build_reference(
     """
     source = source or find_reference_source(name)
     stem = source.stem
-    compiler = _compiler()
+    compiler = find_compiler()
     code = source.read_bytes()
     key = hashlib.sha256(code + compiler.encode() + " ".join(CFLAGS).encode()).hexdigest()[:16]
     cache = cache_dir or Path(platformdirs.user_cache_dir("duplex")) / "reference"
@@ -128,6 +140,18 @@ def build_reference(
     return binary
 
 
+def parse_broker(text: str) -> tuple[str, int]:
+    """``host:port`` of an MQTT broker, checked.
+
+    Raises:
+        BenchError: not a host and a port in 1..65535.
+    """
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BenchError(f"an MQTT broker is HOST:PORT, not {text!r}")
+    return host, int(port)
+
+
 def run_mqtt_pairs(
     broker: str,
     *,
@@ -153,11 +177,9 @@ def run_mqtt_pairs(
         BenchError: no compiler, the broker is unreachable or refused us, or the
             client failed.
     """
-    host, _, port = broker.rpartition(":")
-    if not host or not port.isdigit():
-        raise BenchError(f"an MQTT broker is host:port, not {broker!r}")
+    host, port = parse_broker(broker)
     binary = build_reference(name=MQTT_PAIRS)
-    args = [str(binary), "-h", host, "-p", port, "-n", str(pairs), "-W", str(window)]
+    args = [str(binary), "-h", host, "-p", str(port), "-n", str(pairs), "-W", str(window)]
     args += ["-q", str(qos), "-s", str(max(8, payload)), "-d", str(duration), "-w", str(warmup)]
     if cpu is not None:
         args += ["-c", str(cpu)]
