@@ -10,7 +10,13 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from duplex.client import Client, MessageReceived, MessageStateChanged, register
+from duplex.client import (
+    Client,
+    MessageReceived,
+    MessageStateChanged,
+    PresenceChanged,
+    register,
+)
 from duplex.testing.clients import EventLog, new_client
 from duplex.testing.hubs import HubProcess
 from duplex.testing.servers import free_port, scaled
@@ -19,6 +25,7 @@ from tests.cluster.conftest import Backends, needs_cluster
 SENDERS = ["s1", "s2", "s3", "s4"]
 RECIPIENTS = ["r1", "r2", "r3"]
 GRACE = 2.0  # HubProcess runs the nodes with --heartbeat 0.5 --grace 2
+HEARTBEAT = 0.5
 
 
 async def node_of(broker: object, user: str) -> str:
@@ -85,6 +92,8 @@ def test_sigkill_one_of_two_nodes_during_a_flood(tmp_path: Path, cluster: Backen
                 assert n < 40, "SO_REUSEPORT never placed a client on the victim node"
             watcher = await new_client(address, "watcher", register_first=False)
             clients.append(watcher)
+            wlog = EventLog(watcher)
+            logs.append(wlog)
             await watcher.add_contact(ghost)
             assert [(c.user, c.online) for c in await watcher.contacts()] == [(ghost, True)]
             on_victim = [u for u, node in placed.items() if node == victim]
@@ -93,6 +102,7 @@ def test_sigkill_one_of_two_nodes_during_a_flood(tmp_path: Path, cluster: Backen
             sent: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
             kill_at = random.randrange(60, 140)
             killed_at = 0.0
+            seen = 0
             acked_before: set[bytes] = set()
             for i in range(250):
                 for user, client in senders.items():
@@ -103,6 +113,7 @@ def test_sigkill_one_of_two_nodes_during_a_flood(tmp_path: Path, cluster: Backen
                         e.id for lg in slogs.values() for e in lg.of(MessageStateChanged)
                         if e.state in ("stored", "delivered")
                     }  # fmt: skip
+                    seen = len([p for p in wlog.of(PresenceChanged) if p.user == ghost])
                     os.kill(pids[victim], signal.SIGKILL)
                     killed_at = time.monotonic()
                     gone = asyncio.get_running_loop().create_task(
@@ -116,6 +127,16 @@ def test_sigkill_one_of_two_nodes_during_a_flood(tmp_path: Path, cluster: Backen
             assert gone_after <= GRACE + scaled(0.5), f"still online {gone_after:.1f} s after"
             contacts = await watcher.contacts()
             assert [(c.user, c.online) for c in contacts] == [(ghost, False)]
+            # And the watcher is told, without asking: the survivor's next refresh purges
+            # the dead node's entries and pushes "offline" for the users it held.
+            await wlog.wait(
+                lambda lg: any(p.user == ghost and not p.online for p in lg.of(PresenceChanged)),
+                scaled(5),
+            )
+            told_after = time.monotonic() - killed_at
+            assert told_after <= GRACE + HEARTBEAT + scaled(1), f"told after {told_after:.1f} s"
+            said = [p.online for p in wlog.of(PresenceChanged) if p.user == ghost]
+            assert said[seen:] == [False], "told once, and only that"
 
             # Its clients are back (on the surviving node or on its replacement).
             for user in on_victim:
@@ -143,7 +164,8 @@ def test_sigkill_one_of_two_nodes_during_a_flood(tmp_path: Path, cluster: Backen
                     order = [e.id for e in rlogs[recipient].of(MessageReceived) if e.peer == user]
                     assert order == [i for to, i in sent[user] if to == recipient]
             print(f"node loss: {total} messages, {len(acked_before)} acked before the SIGKILL, "
-                  f"sessions gone from Redis after {gone_after:.2f} s, clients back after "
+                  f"sessions gone from Redis after {gone_after:.2f} s, watcher told within "
+                  f"{told_after:.2f} s, clients back after "
                   f"{back_after:.2f} s; lost 0, duplicated 0, order kept")  # fmt: skip
         finally:
             for log in logs:

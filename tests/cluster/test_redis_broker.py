@@ -125,8 +125,9 @@ def test_a_silent_node_stops_counting_within_its_ttl_and_comes_back(redis_prefix
             # b stops refreshing (a dead or stalled node): gone within the ttl.
             took = await until(lambda: _none(a.sessions("bob")), ttl + 1)
             assert took <= ttl + scaled(0.3)
-            # a's refresh purges b's entries in Redis, and a's "first" ignores them.
-            await a.refresh([])
+            # a's refresh purges b's entries in Redis (bob is offline now, and nobody
+            # said so: a reports him), and a's "first" ignores them.
+            assert await a.refresh([]) == ["bob"]
             assert await a.session_up(info("bob", "s9", "a")) is True
             await a.session_down(info("bob", "s9", "a"))
             # b wakes up: its refresh finds it had lapsed and publishes bob again.
@@ -137,6 +138,45 @@ def test_a_silent_node_stops_counting_within_its_ttl_and_comes_back(redis_prefix
             await a.close()
             await b.close()
 
+    run(scenario())
+
+
+def test_a_dead_nodes_users_are_reported_offline_once(
+    redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Users whose last session was on a dead node: one refresh of one node reports
+    each of them, once, however many refreshes the purge takes; nobody who is still
+    online elsewhere, and nobody whose offline a clean ``session_down`` already said."""
+
+    async def scenario() -> None:
+        ttl = 0.5  # b's; a and c stay alive through the test without refreshing
+        a = await started(url(redis_prefix), "a", ttl=30)
+        b = await started(url(redis_prefix), "b", ttl=ttl)
+        c = await started(url(redis_prefix), "c", ttl=30)
+        try:
+            for n in range(4):
+                await b.session_up(info("bob", f"bob-{n}", "b", device=f"d{n}"))  # 4 devices
+            await b.session_up(info("carol", "carol-b", "b"))
+            await a.session_up(info("carol", "carol-a", "a", device="d2"))  # online on a
+            await b.session_up(info("dave", "dave-b", "b"))
+            await c.session_up(info("dave", "dave-c", "c", device="d2"))
+            await b.session_up(info("erin", "erin-b", "b"))
+            # b dies (stops refreshing); a and c go on.
+            await until(lambda: _none(a.sessions("bob")), ttl + 1)
+            # dave's last live session ends cleanly while his entry on b is not purged
+            # yet: c says he is offline, and the purge must not say it again.
+            assert await c.session_down(info("dave", "dave-c", "c", device="d2")) is True
+            reported: list[str] = []
+            for _ in range(10):  # one entry per refresh (PURGE_BATCH, set below): b has 7
+                reported += await a.refresh([])
+                reported += await c.refresh([])
+            assert sorted(reported) == ["bob", "erin"]
+            assert [s.session for s in await a.sessions("carol")] == ["carol-a"]
+        finally:
+            for broker in (a, b, c):
+                await broker.close()
+
+    monkeypatch.setattr(redis_broker, "PURGE_BATCH", 1)
     run(scenario())
 
 

@@ -88,8 +88,14 @@ class Broker(Protocol):
         """Withdraws a session. Returns True when it was the user's last (user now offline)."""
         ...
 
-    async def refresh(self, sessions: list[SessionInfo]) -> None:
-        """Keeps these sessions alive (heartbeats); backends with TTLs extend them."""
+    async def refresh(self, sessions: list[SessionInfo]) -> list[str]:
+        """Keeps these sessions alive (heartbeats); backends with TTLs extend them.
+
+        Returns the users who went offline without a ``session_down`` (the last of
+        their sessions was on a node that died), for the hub to tell their watchers;
+        each such change once, on one node.
+        """
+        ...
 
     async def sessions(self, user: str) -> list[SessionInfo]:
         """Returns the live sessions of ``user`` on every node."""

@@ -45,8 +45,9 @@ class LocalBroker:
         del self._by_user[info.user]
         return True
 
-    async def refresh(self, sessions: list[SessionInfo]) -> None:
+    async def refresh(self, sessions: list[SessionInfo]) -> list[str]:
         """Nothing to refresh: presence here lives exactly as long as the session."""
+        return []
 
     async def sessions(self, user: str) -> list[SessionInfo]:
         """Returns the user's sessions."""

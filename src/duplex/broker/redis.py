@@ -54,6 +54,15 @@ Clean-up of dead nodes
     drops the node once its index is empty. A node that starts under an id that was
     used before purges what that earlier incarnation left first.
 
+Offline because a node died
+    A user whose last session was on the dead node went offline without a
+    ``session_down``, and the dead node cannot tell anyone. The refresh that purges
+    that entry returns the user, and that node's hub tells the user's watchers: within
+    the grace plus one heartbeat of the death. Said once: whoever says a user is
+    offline (this purge, or a clean ``session_down`` of a last live session on
+    another node) deletes the user's other dead entries in the same script, so no
+    later purge finds one to say it again.
+
 Routing: one channel per node, pub/sub
     An item for a session on node N is published on ``{P}route:N``; each node
     subscribes to its own channel only, so the number of subscriptions is the number of
@@ -195,28 +204,36 @@ return first
 
 # KEYS: user hash, nodes, node index. ARGV: field, index member.
 # Returns 1 when the entry existed and no other live session remains (user offline).
+# The user's offline is then said, so entries of dead nodes left in the hash go too:
+# their purge must not say it again (see _REFRESH).
 _SESSION_DOWN = (
     _PRELUDE
     + """
 redis.call('SREM', KEYS[3], ARGV[2])
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+local rest = redis.call('HKEYS', KEYS[1])
+for _, f in ipairs(rest) do
   if live(KEYS[2], f) then return 0 end
 end
+if #rest > 0 then redis.call('HDEL', KEYS[1], unpack(rest)) end
 return 1
 """
 )
 
 # KEYS: nodes. ARGV: node, ttl (ms), prefix, purge limit.
-# Re-arms this node's deadline; returns {was alive (0/1), entries purged}. Then deletes
-# up to the limit entries of nodes whose deadline has passed (their index tells which).
-_REFRESH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+# Re-arms this node's deadline, then deletes up to the limit entries of nodes whose
+# deadline has passed (their index tells which). Returns {was alive (0/1), entries
+# purged, user...}: the users whose purged entry was their last session. Nobody said
+# they went offline (their node died), so the caller does. Whoever says it (here, or
+# _SESSION_DOWN) also deletes the user's other dead entries, so it is said once.
+_REFRESH = (
+    _PRELUDE
+    + """
 local prev = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
 local budget = tonumber(ARGV[4])
 local purged = 0
+local offline = {}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   if budget <= 0 then break end
@@ -227,15 +244,30 @@ for i = 1, #all, 2 do
       local sep = string.find(member, '\\0', 1, true)
       local user = string.sub(member, 1, sep - 1)
       local session = string.sub(member, sep + 1)
-      redis.call('HDEL', ARGV[3] .. 'u:' .. user, node .. '\\0' .. session)
+      local hash = ARGV[3] .. 'u:' .. user
+      if redis.call('HDEL', hash, node .. '\\0' .. session) == 1 then
+        local rest = redis.call('HKEYS', hash)
+        local online = false
+        for _, f in ipairs(rest) do
+          if live(KEYS[1], f) then online = true break end
+        end
+        if not online then
+          -- Said once: the user's other dead entries go now, so their purge finds nothing.
+          if #rest > 0 then redis.call('HDEL', hash, unpack(rest)) end
+          offline[#offline + 1] = user
+        end
+      end
       purged = purged + 1
       budget = budget - 1
     end
     if redis.call('SCARD', index) == 0 then redis.call('HDEL', KEYS[1], node) end
   end
 end
-return {prev >= now and 1 or 0, purged}
+local out = {prev >= now and 1 or 0, purged}
+for _, user in ipairs(offline) do out[#out + 1] = user end
+return out
 """
+)
 
 # KEYS: node index. ARGV: node, prefix, limit. Deletes up to limit entries of this
 # node (a new incarnation clearing the old one's, or a node withdrawing all at close);
@@ -535,26 +567,35 @@ class RedisBroker:
             return last_here
         return bool(last)
 
-    async def refresh(self, sessions: list[SessionInfo]) -> None:
+    async def refresh(self, sessions: list[SessionInfo]) -> list[str]:
         """Re-arms this node's deadline (the hub calls it every heartbeat) and purges a
         share of dead nodes' entries. If the deadline had lapsed (a stall longer than the
-        ttl, or Redis restarted), publishes ``sessions`` again."""
+        ttl, or Redis restarted), publishes ``sessions`` again.
+
+        Returns:
+            The users whose last session was on a dead node and has just been purged:
+            offline now, and nobody has said so (their node could not). Each such
+            change is returned by one refresh of one node.
+        """
         if self._degraded:
-            return
+            return []
         try:
-            was_alive, purged = await self._call(
+            was_alive, purged, *offline = await self._call(
                 "EVALSHA", self._sha["refresh"], 1, self._nodes_key, self.node, self.ttl_ms,
                 self.prefix, PURGE_BATCH,
             )  # fmt: skip
         except BrokerError:
-            return
+            return []
         if purged:
-            log.info("purged %d sessions of dead nodes", purged)
+            log.info(
+                "purged %d sessions of dead nodes (%d users now offline)", purged, len(offline)
+            )
         if not was_alive:
             log.warning("node %s had lapsed in Redis: publishing its sessions again", self.node)
             for info in sessions:
                 self._remember(info)
             self._spawn_recovery()
+        return [u.decode() if isinstance(u, bytes) else str(u) for u in offline]
 
     async def sessions(self, user: str) -> list[SessionInfo]:
         """Returns the live sessions of ``user`` on every node (one round trip).

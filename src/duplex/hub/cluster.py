@@ -16,7 +16,8 @@ listening, to hold it while nodes come and go: a bound socket that does not list
 receives nothing. When a node dies, the connections in its accept queue are reset and
 its clients reconnect -- the kernel now hashes them to a live node -- and resume from
 their last sequence; the dead node's sessions stop counting in Redis within the
-grace, and the supervisor starts a new node (a new node id) at once.
+grace, their users' watchers are told who went offline at the next heartbeat of a
+surviving node, and the supervisor starts a new node (a new node id) at once.
 
 Each node has its own admin listener (``/metrics`` counts that node): ``--admin
 host:port`` gives node i the port ``port + i``.

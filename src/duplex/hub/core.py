@@ -751,9 +751,13 @@ class Hub:
         while True:
             await asyncio.sleep(self.config.heartbeat)
             try:
-                await self.broker.refresh([live.info for live in self.local.values()])
+                gone = await self.broker.refresh([live.info for live in self.local.values()])
             except DuplexError as exc:
                 log.warning("presence refresh failed: %s", exc)
+                continue
+            # Users whose node died: nobody told their watchers, this node does.
+            for user in gone:
+                self.spawn(self._notify_presence(user, False))
 
     async def _refresh_stats(self) -> None:
         while True:
