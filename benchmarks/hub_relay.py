@@ -4,12 +4,13 @@
                                                              # open loop at half that rate
     .venv/bin/python benchmarks/hub_relay.py --pairs 10 --window 8 --duration 10 --json out.json
     .venv/bin/python benchmarks/hub_relay.py --window 32 --reference  # and mosquitto, same run
+    .venv/bin/python benchmarks/hub_relay.py --reference --repeat 5   # medians of 5 alternations
 
 The hub runs as its own process (``duplex serve``, SQLite with synchronous=FULL: every
 message is fsync'd, in group commits, before the sender hears ``stored``), pinned to
-CPU 0; the clients run here, pinned to the other CPUs, so the client load is in the
-same run and measured (its CPU use is printed). Latency is from the send to the
-recipient's receipt of the message.
+CPU 0 with all its threads; the clients run here, pinned to the other CPUs, so the
+client load is in the same run and measured (its CPU use is printed). Latency is from
+the send to the recipient's receipt of the message.
 
 ``--reference`` then drives an MQTT broker (mosquitto, ``--mqtt``, default
 ``$DUPLEX_TEST_MQTT`` or 127.0.0.1:1883) the same way with a C client
@@ -26,9 +27,11 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -46,6 +49,26 @@ def _pin(cpus: set[int]) -> None:
         pass
 
 
+def _pin_process(pid: int, cpus: set[int]) -> None:
+    """Pins every thread of ``pid`` (``sched_setaffinity(pid)`` moves only its main
+    thread; the store's writer thread, started earlier, would stay free)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(task), cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a positive whole number, not {text!r}")
+    return value
+
+
 def _broker(text: str) -> str:
     try:
         parse_broker(text)
@@ -57,7 +80,7 @@ def _broker(text: str) -> str:
 def _line(label: str, result: RelayResult) -> str:
     lat = result.latency_ms
     return (
-        f"{label:<28} {result.per_second:>10,.0f} msg/s   p50 {lat['p50']:7.2f} ms   "
+        f"{label:<32} {result.per_second:>10,.0f} msg/s   p50 {lat['p50']:7.2f} ms   "
         f"p99 {lat['p99']:7.2f} ms   max {lat['max']:8.2f} ms   errors {result.errors}   "
         f"client CPU {result.generator_cpu:4.0%}   hub CPU {result.server_cpu or 0.0:4.0%}"
     )
@@ -65,6 +88,7 @@ def _line(label: str, result: RelayResult) -> str:
 
 async def main(args: argparse.Namespace) -> list[dict[str, object]]:
     cpus = sorted(os.sched_getaffinity(0))
+    mqtt_runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         hub = HubProcess(
             Path(tmp) / "hub",
@@ -81,7 +105,7 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
         )
         try:
             if len(cpus) >= 2 and args.pin:
-                os.sched_setaffinity(hub.proc.pid, {cpus[0]})
+                _pin_process(hub.proc.pid, {cpus[0]})
                 _pin(set(cpus[1:]))
             users = [f"br{i}" for i in range(args.pairs)] + [f"bs{i}" for i in range(args.pairs)]
             await register_users(hub.address, users)
@@ -90,13 +114,28 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
             def hub_cpu() -> float:
                 return process_cpu_seconds(hub.proc.pid)
 
-            closed = await run_relay(
-                hub.address, pairs=args.pairs, window=args.window, payload=args.payload,
-                duration=args.duration, warmup=args.warmup, server_cpu=hub_cpu,
-            )  # fmt: skip
-            print(_line(f"closed loop, window {args.window}", closed))
-            results.append({"mode": "closed", **closed.as_dict()})
-            rate = args.rate or closed.per_second / 2
+            closed_runs: list[RelayResult] = []
+            for i in range(args.repeat):
+                run = f" ({i + 1}/{args.repeat})" if args.repeat > 1 else ""
+                closed = await run_relay(
+                    hub.address, pairs=args.pairs, window=args.window, payload=args.payload,
+                    duration=args.duration, warmup=args.warmup, server_cpu=hub_cpu,
+                )  # fmt: skip
+                print(_line(f"closed loop, window {args.window}{run}", closed))
+                closed_runs.append(closed)
+                results.append({"mode": "closed", "run": i + 1, **closed.as_dict()})
+                if args.reference:  # alternating, so both see the same machine
+                    mqtt = await _mqtt(args, cpus)
+                    print(_mqtt_line(f"mosquitto QoS 1, window {args.window}{run}", mqtt))
+                    mqtt_runs.append(mqtt)
+            closed_rate = statistics.median(c.per_second for c in closed_runs)
+            if args.repeat > 1:
+                rates = [c.per_second for c in closed_runs]
+                print(
+                    f"closed loop, median of {args.repeat}: {closed_rate:,.0f} msg/s "
+                    f"(runs {min(rates):,.0f} to {max(rates):,.0f})"
+                )
+            rate = args.rate or closed_rate / 2
             opened = await run_relay(
                 hub.address, pairs=args.pairs, payload=args.payload, duration=args.duration,
                 warmup=args.warmup, rate=rate, server_cpu=hub_cpu,
@@ -111,21 +150,33 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
             results.append({"mode": "open", **opened.as_dict()})
         finally:
             hub.kill()
-    if args.reference:
-        pin = cpus[1] if len(cpus) >= 2 and args.pin else None
-        mqtt = await asyncio.to_thread(
-            run_mqtt_pairs, args.mqtt, pairs=args.pairs, window=args.window,
-            payload=args.payload, duration=args.duration, warmup=args.warmup, cpu=pin,
-        )  # fmt: skip
-        print(
-            f"{'mosquitto QoS 1, window ' + str(args.window):<28} {mqtt['msgs_per_s']:>10,.0f}"
-            f" msg/s   p50 {mqtt['p50_ms']:7.2f} ms   p99 {mqtt['p99_ms']:7.2f} ms   "
-            f"max {mqtt['max_ms']:8.2f} ms   (C client, CPU {mqtt['cpu']:4.0%})"
-        )
-        ratio = closed.per_second / mqtt["msgs_per_s"] if mqtt["msgs_per_s"] else 0.0
-        print(f"duplex / mosquitto QoS 1, closed loop: {ratio:.2f}")
-        results.append({"mode": "mosquitto-qos1", **mqtt, "duplex_ratio": ratio})
+    if mqtt_runs:
+        reference = statistics.median(float(m["msgs_per_s"]) for m in mqtt_runs)
+        ratio = closed_rate / reference if reference else 0.0
+        if args.repeat > 1:
+            print(f"mosquitto, median of {args.repeat}: {reference:,.0f} msg/s")
+            print(f"duplex / mosquitto QoS 1, closed loop: {ratio:.2f} (medians)")
+        else:
+            print(f"duplex / mosquitto QoS 1, closed loop: {ratio:.2f}")
+        for i, mqtt in enumerate(mqtt_runs):
+            results.append({"mode": "mosquitto-qos1", "run": i + 1, **mqtt, "duplex_ratio": ratio})
     return results
+
+
+async def _mqtt(args: argparse.Namespace, cpus: list[int]) -> dict[str, Any]:
+    pin = cpus[1] if len(cpus) >= 2 and args.pin else None
+    return await asyncio.to_thread(
+        run_mqtt_pairs, args.mqtt, pairs=args.pairs, window=args.window,
+        payload=args.payload, duration=args.duration, warmup=args.warmup, cpu=pin,
+    )  # fmt: skip
+
+
+def _mqtt_line(label: str, mqtt: dict[str, Any]) -> str:
+    return (
+        f"{label:<32} {mqtt['msgs_per_s']:>10,.0f} msg/s   p50 {mqtt['p50_ms']:7.2f} ms   "
+        f"p99 {mqtt['p99_ms']:7.2f} ms   max {mqtt['max_ms']:8.2f} ms   "
+        f"(C client, CPU {mqtt['cpu']:4.0%})"
+    )
 
 
 if __name__ == "__main__":
@@ -136,6 +187,13 @@ if __name__ == "__main__":
     parser.add_argument("--window", type=int, default=1, help="messages in flight per pair")
     parser.add_argument("--payload", type=int, default=64, help="bytes per message body")
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument(
+        "--repeat",
+        type=_positive,
+        default=1,
+        help="closed-loop runs (alternating with the reference), summed up by their "
+        "median: on a shared machine one run can be 10%% off the next",
+    )
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument(
         "--rate",

@@ -76,6 +76,36 @@ def test_reference_gives_the_brokers_figures_and_the_ratio(tmp_path: Path) -> No
     assert mqtt["duplex_ratio"] == pytest.approx(closed["per_second"] / mqtt["msgs_per_s"])
 
 
+def test_repeat_alternates_with_the_reference_and_takes_medians(tmp_path: Path) -> None:
+    _need_broker_and_compiler()
+    out = tmp_path / "relay.json"
+    done = _script(*SHORT, "--repeat", "3", "--reference", "--mqtt", MQTT, "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    labels = [line[:32].strip() for line in done.stdout.splitlines() if "/3) " in line]
+    assert labels == [  # alternating: both see the machine in the same state
+        "closed loop, window 1 (1/3)",
+        "mosquitto QoS 1, window 1 (1/3)",
+        "closed loop, window 1 (2/3)",
+        "mosquitto QoS 1, window 1 (2/3)",
+        "closed loop, window 1 (3/3)",
+        "mosquitto QoS 1, window 1 (3/3)",
+    ]
+    results = json.loads(out.read_text())
+    assert [r["mode"] for r in results] == ["closed"] * 3 + ["open"] + ["mosquitto-qos1"] * 3
+    median = sorted(r["per_second"] for r in results[:3])[1]
+    reference = sorted(r["msgs_per_s"] for r in results[4:])[1]
+    assert f"closed loop, median of 3: {median:,.0f} msg/s" in done.stdout
+    assert f"mosquitto, median of 3: {reference:,.0f} msg/s" in done.stdout
+    assert results[-1]["duplex_ratio"] == pytest.approx(median / reference)
+    assert f"open loop at {median / 2:,.0f}/s" in done.stdout
+
+
+def test_repeat_must_be_positive() -> None:
+    done = _script("--repeat", "0")
+    assert done.returncode == 2
+    assert "a positive whole number, not '0'" in done.stderr
+
+
 @pytest.mark.parametrize(("qos", "window"), [(0, 1), (1, 4)])
 def test_mqtt_pairs_delivers_at_either_qos_and_window(qos: int, window: int) -> None:
     _need_broker_and_compiler()
