@@ -7,7 +7,13 @@ import ssl
 from collections import Counter
 from pathlib import Path
 
-from duplex.client import Client, MessageReceived, MessageStateChanged
+from duplex.client import (
+    Client,
+    MessageReceived,
+    MessageStateChanged,
+    PresenceChanged,
+    register,
+)
 from duplex.p2p import DirectRouter
 from duplex.protocol.hub import SessionConfig
 from duplex.testing.clients import EventLog, new_client, wait_for_event
@@ -209,6 +215,35 @@ def test_after_a_fallback_the_direct_path_comes_back(tmp_path: Path) -> None:
             got = await wait_for_event(bob, MessageReceived)
             assert (got.id, got.path) == (later, "direct")
             assert {first, relayed} and alice.state_of(later)[1] in (None, "direct")  # type: ignore[index]
+            await alice.close()
+            await bob.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_contact_that_comes_online_is_dialed_at_once(tmp_path: Path) -> None:
+    """Offline, the hub stores, and the router does not ask again for a while (5 s);
+    but the hub's presence push that the contact is back ends that wait: the next
+    message goes direct, not through the hub."""
+
+    async def scenario() -> None:
+        async with running_hub(hub_test_config(tmp_path)) as hub:
+            await register(hub.address, "bob", "correct horse")
+            alice = await new_client(hub.address, "alice", router=router())
+            await alice.add_contact("bob")
+            alog = EventLog(alice)
+            stored = await alice.send("bob", "while you were out")
+            assert await alice.wait_state(stored, "stored", 5) == "stored"
+            assert alice.router.stats.get("offline") == 1  # type: ignore[union-attr]
+            bob = await new_client(hub.address, "bob", register_first=False, router=router())
+            await alog.wait(lambda lg: any(p.online for p in lg.of(PresenceChanged)))
+            back = await alice.send("bob", "welcome back")
+            blog = EventLog(bob)
+            await blog.wait(lambda lg: back in {e.id for e in lg.of(MessageReceived)})
+            got = {e.id: e.path for e in blog.of(MessageReceived)}
+            assert got[back] == "direct"
+            await alog.stop()
+            await blog.stop()
             await alice.close()
             await bob.close()
 

@@ -145,7 +145,7 @@ class Router(Protocol):
         """Stops every direct link."""
 
     def on_hub_message(self, client: Client, message: m.Message) -> None:
-        """A hub push that is the router's business (e.g. ``Punch``)."""
+        """A hub push that is the router's business (``Punch``; ``Presence`` too)."""
 
 
 class _HubLink(asyncio.Protocol):
@@ -788,6 +788,8 @@ class Client:
         if kind is m.Presence:
             msg = cast(m.Presence, msg)
             self.emit(PresenceChanged(msg.user, msg.online))
+            if self.router is not None:  # a peer that comes online may be dialed now
+                self.router.on_hub_message(self, msg)
             return 0
         if kind is m.Welcome:
             self._after_login(link, cast(m.Welcome, msg))

@@ -118,6 +118,7 @@ class DirectRouter:
         self._pending: dict[str, list[tuple[bytes, str, int]]] = {}
         self._dialing: set[str] = set()
         self._retry_at: dict[str, float] = {}
+        self._offline: set[str] = set()  # peers whose retry waits because they were offline
         self._failures: dict[str, int] = {}
         self._nonces = NonceCache()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -289,6 +290,10 @@ class DirectRouter:
             return
         if isinstance(reply, m.PeerOffline):
             # Offline (the hub stores) or on several devices (the hub relays to all).
+            # The retry waits; for an offline contact, only until the hub says it is
+            # back (on_hub_message), so the first message after that goes direct.
+            if reply.sessions == 0:
+                self._offline.add(peer)
             self._fall_back(
                 client,
                 peer,
@@ -468,9 +473,13 @@ class DirectRouter:
         return link
 
     def on_hub_message(self, client: Client, message: m.Message) -> None:
-        """A push from the hub for the P2P layer: a request to punch towards a peer."""
+        """A push from the hub for the P2P layer: a request to punch towards a peer, or
+        a contact's presence (one that was offline and is back may be dialed again)."""
         if isinstance(message, m.Punch):
             self._spawn(self._answer_punch(client, message))
+        elif isinstance(message, m.Presence) and message.online and message.user in self._offline:
+            self._offline.discard(message.user)
+            self._retry_at.pop(message.user, None)
 
     async def _answer_punch(self, client: Client, punch: m.Punch) -> None:
         deadline = self.loop.time() + self.budget
