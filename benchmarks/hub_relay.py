@@ -114,12 +114,14 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
             def hub_cpu() -> float:
                 return process_cpu_seconds(hub.proc.pid)
 
+            resume: dict[str, int] = {}  # each device's last sequence, across the runs
             closed_runs: list[RelayResult] = []
             for i in range(args.repeat):
                 run = f" ({i + 1}/{args.repeat})" if args.repeat > 1 else ""
                 closed = await run_relay(
                     hub.address, pairs=args.pairs, window=args.window, payload=args.payload,
                     duration=args.duration, warmup=args.warmup, server_cpu=hub_cpu,
+                    resume=resume,
                 )  # fmt: skip
                 print(_line(f"closed loop, window {args.window}{run}", closed))
                 closed_runs.append(closed)
@@ -138,7 +140,7 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
             rate = args.rate or closed_rate / 2
             opened = await run_relay(
                 hub.address, pairs=args.pairs, payload=args.payload, duration=args.duration,
-                warmup=args.warmup, rate=rate, server_cpu=hub_cpu,
+                warmup=args.warmup, rate=rate, server_cpu=hub_cpu, resume=resume,
             )  # fmt: skip
             print(_line(f"open loop at {rate:,.0f}/s", opened))
             if opened.per_second < 0.95 * rate:

@@ -98,6 +98,9 @@ class RelayResult:
     """The latency histogram, encoded (see :func:`duplex.bench.histogram.decode_histogram`)."""
     server_cpu: float | None = None
     """The hub's CPU use over the measured seconds (1.0 = one core), when it was read."""
+    stale: int = 0
+    """Messages of an earlier run received at login (in flight when it stopped, or all of
+    them if the devices did not say what they held): acked, not counted."""
 
     @property
     def per_second(self) -> float:
@@ -126,11 +129,17 @@ async def register_users(address: tuple[str, int], users: list[str], concurrency
 
 
 async def _login(
-    address: tuple[str, int], user: str, handler: Callable[[_Lean, list[m.Message]], None]
+    address: tuple[str, int],
+    user: str,
+    handler: Callable[[_Lean, list[m.Message]], None],
+    last_seq: int = 0,
 ) -> _Lean:
     loop = asyncio.get_running_loop()
     _, proto = await loop.create_connection(lambda: _Lean(user, handler), *address)
-    proto.session.send(m.Login(rid=1, user=user, device=f"bench-{user}", password=PASSWORD))
+    proto.last_seq = last_seq
+    proto.session.send(
+        m.Login(rid=1, user=user, device=f"bench-{user}", password=PASSWORD, last_seq=last_seq)
+    )
     proto.flush()
     await asyncio.wait_for(proto.welcome, 60)
     return proto
@@ -147,6 +156,7 @@ async def run_relay(
     rate: float | None = None,
     prefix: str = "b",
     server_cpu: Callable[[], float] | None = None,
+    resume: dict[str, int] | None = None,
 ) -> RelayResult:
     """Drives ``pairs`` conversations through the hub at ``address`` and measures them.
 
@@ -161,25 +171,35 @@ async def run_relay(
         prefix: user-name prefix (users must be registered, see :func:`register_users`).
         server_cpu: reads the hub's CPU seconds so far, to report its use over the
             measured seconds beside the generator's (which side is saturated?).
+        resume: the last sequence each user's device holds, as a real client keeps it:
+            read at login and updated at the end. Pass the same dict to runs against
+            one hub, or each run's login replays every earlier run's messages first
+            (the third run of 5 s at window 32 on one hub measured 0 msg/s that way).
     """
     loop = asyncio.get_running_loop()
     recorder = LatencyRecorder()
     measuring = False
     delivered = 0
     errors = 0
+    stale = 0
     stopping = False
     pad = "x" * max(0, payload - 20)
     senders: list[_Lean] = []
+    started = time.perf_counter()  # bodies carry perf_counter send times
 
     def on_receiver(proto: _Lean, messages: list[m.Message]) -> None:
-        nonlocal delivered
+        nonlocal delivered, stale
         now = time.perf_counter()
         upto = 0
         for msg in messages:
             if isinstance(msg, m.Deliver):
-                upto = msg.seq
-                if msg.kind == "msg" and measuring:
-                    sent = float(msg.body[:20])
+                upto = proto.last_seq = msg.seq
+                if msg.kind != "msg":
+                    continue
+                sent = float(msg.body[:20])
+                if sent < started:  # an earlier run's, replayed at login: not this run's
+                    stale += 1
+                elif measuring:
                     recorder.record(now - sent)
                     delivered += 1
         if upto:
@@ -193,7 +213,7 @@ async def run_relay(
                 if rate is None and not stopping:
                     send(proto)
             elif isinstance(msg, m.Deliver):
-                upto = msg.seq  # receipts
+                upto = proto.last_seq = msg.seq  # receipts
             elif isinstance(msg, m.Error):
                 errors += 1
                 if rate is None and not stopping:
@@ -210,10 +230,16 @@ async def run_relay(
         msg_id = new_message_id()
         proto.session.send(m.Send(id=msg_id, to=peer_of[proto.user], body=stamp + pad))
 
-    receivers = [await _login(address, f"{prefix}r{i}", on_receiver) for i in range(pairs)]
+    held = resume if resume is not None else {}
+    receivers = [
+        await _login(address, f"{prefix}r{i}", on_receiver, held.get(f"{prefix}r{i}", 0))
+        for i in range(pairs)
+    ]
     for i in range(pairs):
         peer_of[f"{prefix}s{i}"] = f"{prefix}r{i}"
-        senders.append(await _login(address, f"{prefix}s{i}", on_sender))
+        senders.append(
+            await _login(address, f"{prefix}s{i}", on_sender, held.get(f"{prefix}s{i}", 0))
+        )
     if rate is None:
         for proto in senders:
             for _ in range(window):
@@ -256,6 +282,7 @@ async def run_relay(
             await ticker
     total = delivered
     for proto in senders + receivers:
+        held[proto.user] = proto.last_seq
         if proto.transport is not None:
             proto.transport.close()
     recorder.flush()
@@ -271,6 +298,7 @@ async def run_relay(
         generator_cpu=cpu,
         histogram=recorder.encoded(),
         server_cpu=hub_cpu,
+        stale=stale,
     )
 
 
