@@ -189,7 +189,8 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
 def test_version_1_database_is_upgraded_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A database made before migration 2 keeps its messages, dedupe and receipts."""
+    """A database made before migrations 2 and 3 keeps its messages, dedupe, receipts
+    and history."""
     import duplex.store.sqlite as backend
 
     first = load_migrations("sqlite")[:1]
@@ -208,6 +209,7 @@ def test_version_1_database_is_upgraded_in_place(
         assert (again.duplicate, again.delivered, again.entry.body) == (True, True, "old")
         assert await store.ack("bob", "laptop", again.entry.seq, 4) == []  # no second receipt
         assert [e.kind for e in await store.fetch("alice", 0, 10)] == ["receipt"]
+        assert [e.body for e in await store.history("alice", "bob", None, 10)] == ["old"]
 
     _run(SqliteStore(tmp_path / "hub.db"), new)
     with sqlite3.connect(tmp_path / "hub.db") as conn:
@@ -215,9 +217,39 @@ def test_version_1_database_is_upgraded_in_place(
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='index'")}
         columns = [r[2] for r in conn.execute("PRAGMA index_info(entries_msg_id)")]
     conn.close()
-    assert versions == [1, 2]
-    assert "entries_receipt" not in indexes
+    assert versions == [1, 2, 3]
+    assert "entries_receipt" not in indexes and "entries_history" not in indexes
     assert columns == ["msg_id", "peer"]
+
+
+def test_a_history_page_walks_the_mailbox_index_newest_first(tmp_path: Path) -> None:
+    """Without a history index, a page must still stop at its limit: each direction
+    reads the (mailbox, seq) index backwards, with no sort of the whole mailbox, and
+    returns the newest messages of the conversation among many others."""
+    from duplex.store.sqlite import _HISTORY
+
+    async def body(store: SqliteStore) -> None:
+        for i in range(300):  # bob's mailbox: mostly other people, alice now and then
+            sender = "alice" if i % 30 == 0 else f"user{i % 7}"
+            await store.store_message(NewMessage(sender, "bob", new_id(), f"m{i}", 1000 + i))
+        await store.store_message(NewMessage("bob", "alice", new_id(), "reply", 1295))
+        page = await store.history("bob", "alice", None, 3)
+        assert [(e.peer, e.body) for e in page] == [
+            ("alice", "m240"),
+            ("alice", "m270"),
+            ("bob", "reply"),
+        ]
+        older = await store.history("bob", "alice", 1241, 10)
+        assert [e.body for e in older] == [f"m{i}" for i in range(0, 241, 30)]
+
+    _run(SqliteStore(tmp_path / "hub.db"), body)
+    with sqlite3.connect(tmp_path / "hub.db") as conn:
+        plan = " | ".join(
+            str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {_HISTORY}", ("b", "a", 1, 3))
+        )
+    conn.close()
+    assert "USING INDEX sqlite_autoindex_entries_1" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan  # no sort: it stops after the limit
 
 
 def test_a_group_commit_appends_to_the_message_id_index(tmp_path: Path) -> None:

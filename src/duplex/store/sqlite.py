@@ -206,6 +206,11 @@ _UPSERT_CURSOR = (
     " seq = max(seq, excluded.seq), ts = excluded.ts"
 )
 _LOAD_BOXES = "SELECT mailbox, last_seq, acked_seq FROM mailboxes WHERE mailbox IN ({})"
+# One direction of a conversation: newest first on UNIQUE (mailbox, seq), no sort.
+_HISTORY = (
+    "SELECT id, mailbox, seq, peer, msg_id, body, ts FROM entries"
+    " WHERE mailbox = ? AND kind = 'msg' AND peer = ? AND ts < ? ORDER BY seq DESC LIMIT ?"
+)
 # Host parameters per statement, below SQLite's limit of 32766.
 _CHUNK = 16000
 
@@ -961,24 +966,32 @@ class SqliteStore:
         return await self._write(lambda txn: _apply_ack(txn, user, device, upto, ts))
 
     async def history(self, user: str, peer: str, before: int | None, limit: int) -> list[Entry]:
-        """Returns up to ``limit`` messages between ``user`` and ``peer``, newest last."""
+        """Returns up to ``limit`` messages between ``user`` and ``peer``, newest last.
+
+        Each direction walks one mailbox backwards on its (mailbox, seq) index and
+        stops at ``limit`` matches (there is no history index to keep up on every
+        message: migration 3); a mailbox's ``ts`` grows with its ``seq``, as the hub
+        stamps messages in the order it stores them. The two directions are merged by
+        time.
+        """
         bound = (1 << 62) if before is None else before
-        one_way = (
-            "SELECT id, mailbox, seq, peer, msg_id, body, ts FROM entries"
-            " WHERE kind = 'msg' AND mailbox = ? AND peer = ? AND ts < ?"
-        )
-        if user == peer:
-            sql = f"{one_way} ORDER BY ts DESC, id DESC LIMIT ?"
-            args: tuple[Any, ...] = (user, user, bound, max(0, limit))
-        else:
-            sql = f"{one_way} UNION ALL {one_way} ORDER BY ts DESC, id DESC LIMIT ?"
-            args = (user, peer, bound, peer, user, bound, max(0, limit))
+        limit = max(0, limit)
+        directions = [(user, peer)] if user == peer else [(user, peer), (peer, user)]
 
         def read(conn: sqlite3.Connection) -> list[Entry]:
-            rows = conn.execute(sql, args).fetchall()
-            return [Entry(r[1], r[2], "msg", r[3], r[4], r[5], r[6]) for r in reversed(rows)]
+            conn.execute("BEGIN")  # one snapshot for both directions
+            try:
+                rows = [
+                    row
+                    for mailbox, sender in directions
+                    for row in conn.execute(_HISTORY, (mailbox, sender, bound, limit))
+                ]
+            finally:
+                conn.execute("COMMIT")
+            rows.sort(key=lambda r: (r[6], r[0]))
+            return [Entry(r[1], r[2], "msg", r[3], r[4], r[5], r[6]) for r in rows[-limit:]]
 
-        return await self._read(read)
+        return await self._read(read) if limit else []
 
     async def stats(self) -> StoreStats:
         """Returns counts for metrics (kept as counters, so cheap at any size)."""
