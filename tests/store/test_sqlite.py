@@ -332,6 +332,33 @@ def test_an_ack_sees_a_message_of_its_own_transaction(tmp_path: Path) -> None:
     _run(SqliteStore(tmp_path / "hub.db"), body)
 
 
+def test_an_ack_of_receipts_only_runs_no_update(tmp_path: Path) -> None:
+    """A sender acking its receipts has no message to mark delivered: the store knows
+    it from the mailbox's counters and skips the statement. A message that arrives
+    later in that mailbox is marked, and receipted, as ever."""
+
+    async def body(store: SqliteStore) -> None:
+        conn = store._wconn
+        assert conn is not None
+        updates: list[str] = []
+        conn.set_trace_callback(
+            lambda sql: updates.append(sql) if "UPDATE entries" in sql else None
+        )
+        sent = await store.store_message(NewMessage("alice", "bob", new_id(), "hi", 1))
+        (receipt,) = await store.ack("bob", "phone", sent.entry.seq, 2)
+        assert len(updates) == 1  # bob's message marked delivered
+        assert await store.ack("alice", "laptop", receipt.seq, 3) == []
+        assert len(updates) == 1  # alice's mailbox holds only a receipt: no statement
+        back = await store.store_message(NewMessage("bob", "alice", new_id(), "yo", 4))
+        (bobs,) = await store.ack("alice", "laptop", back.entry.seq, 5)
+        assert (bobs.user, bobs.msg_id) == ("bob", back.entry.msg_id)
+        assert len(updates) == 2
+        assert [e.kind for e in await store.fetch("alice", receipt.seq, 10)] == ["msg"]
+        conn.set_trace_callback(None)
+
+    _run(SqliteStore(tmp_path / "hub.db"), body)
+
+
 # -- integrity ------------------------------------------------------------------
 
 

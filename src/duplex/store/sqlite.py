@@ -175,10 +175,16 @@ def _clone(exc: BaseException) -> BaseException:
 
 @dataclasses.dataclass(slots=True)
 class _Box:
-    """A mailbox row as the current transaction sees it."""
+    """A mailbox row as the current transaction sees it.
+
+    ``messages`` and ``delivered`` are this transaction's additions to the row's
+    counters; ``undelivered`` is the mailbox's count of messages not yet delivered
+    (all above ``acked_seq``), with this transaction's changes.
+    """
 
     last_seq: int
     acked_seq: int
+    undelivered: int = 0
     messages: int = 0
     delivered: int = 0
     dirty: bool = False
@@ -205,7 +211,9 @@ _UPSERT_CURSOR = (
     " ON CONFLICT (mailbox, device) DO UPDATE SET"
     " seq = max(seq, excluded.seq), ts = excluded.ts"
 )
-_LOAD_BOXES = "SELECT mailbox, last_seq, acked_seq FROM mailboxes WHERE mailbox IN ({})"
+_LOAD_BOXES = (
+    "SELECT mailbox, last_seq, acked_seq, messages - delivered FROM mailboxes WHERE mailbox IN ({})"
+)
 # One direction of a conversation: newest first on UNIQUE (mailbox, seq), no sort.
 _HISTORY = (
     "SELECT id, mailbox, seq, peer, msg_id, body, ts FROM entries"
@@ -253,7 +261,7 @@ class _Txn:
             part = names[i : i + _CHUNK]
             marks = ",".join("?" * len(part))
             for row in self.conn.execute(_LOAD_BOXES.format(marks), part):
-                self.boxes[row[0]] = _Box(row[1], row[2])
+                self.boxes[row[0]] = _Box(row[1], row[2], row[3])
             for name in part:
                 self.boxes.setdefault(name, _Box(0, 0))
 
@@ -261,9 +269,10 @@ class _Txn:
         box = self.boxes.get(name)
         if box is None:
             row = self.conn.execute(
-                "SELECT last_seq, acked_seq FROM mailboxes WHERE mailbox = ?", (name,)
+                "SELECT last_seq, acked_seq, messages - delivered FROM mailboxes WHERE mailbox = ?",
+                (name,),
             ).fetchone()
-            box = _Box(row[0], row[1]) if row else _Box(0, 0)
+            box = _Box(row[0], row[1], row[2]) if row else _Box(0, 0)
             self.boxes[name] = box
         return box
 
@@ -275,6 +284,7 @@ class _Txn:
         box.dirty = True
         if kind == "msg":
             box.messages += 1
+            box.undelivered += 1
             self.unflushed.add(mailbox)
         self.rows.append((mailbox, box.last_seq, kind, peer, msg_id, body, ts))
         return Entry(mailbox, box.last_seq, kind, peer, msg_id, body, ts)
@@ -328,6 +338,12 @@ def _apply_ack(txn: _Txn, user: str, device: str, upto: int, ts: int) -> list[En
     txn.set_cursor(user, device, upto, ts)
     if upto <= box.acked_seq:
         return []
+    if box.undelivered <= 0:
+        # Nothing to mark (a sender acking its receipts, typically): skip the
+        # statement, which would find no message in the range.
+        box.acked_seq = upto
+        box.dirty = True
+        return []
     rows = conn.execute(
         "UPDATE entries SET delivered = ? WHERE mailbox = ? AND seq > ? AND seq <= ?"
         " AND kind = 'msg' AND delivered IS NULL RETURNING seq, peer, msg_id",
@@ -335,6 +351,7 @@ def _apply_ack(txn: _Txn, user: str, device: str, upto: int, ts: int) -> list[En
     ).fetchall()
     box.acked_seq = upto
     box.delivered += len(rows)
+    box.undelivered -= len(rows)
     box.dirty = True
     receipts = []
     # RETURNING gives no order guarantee; receipts follow the recipient's order.
