@@ -83,6 +83,8 @@ def _line(label: str, result: RelayResult) -> str:
         f"{label:<32} {result.per_second:>10,.0f} msg/s   p50 {lat['p50']:7.2f} ms   "
         f"p99 {lat['p99']:7.2f} ms   max {lat['max']:8.2f} ms   errors {result.errors}   "
         f"client CPU {result.generator_cpu:4.0%}   hub CPU {result.server_cpu or 0.0:4.0%}"
+        # Left in flight by the run before (replayed at login): acked, not counted.
+        + (f"   stale {result.stale}" if result.stale else "")
     )
 
 

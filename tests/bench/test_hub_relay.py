@@ -98,6 +98,13 @@ def test_repeat_alternates_with_the_reference_and_takes_medians(tmp_path: Path) 
     assert f"mosquitto, median of 3: {reference:,.0f} msg/s" in done.stdout
     assert results[-1]["duplex_ratio"] == pytest.approx(median / reference)
     assert f"open loop at {median / 2:,.0f}/s" in done.stdout
+    # What one run left in flight reaches the next one's login: shown, never counted.
+    # Per pair at most its window sent and not stored yet, plus its window stored and
+    # not received yet (3 pairs, window 1 here).
+    stale = [r["stale"] for r in results[:4]]
+    assert stale[0] == 0 and all(0 <= n <= 2 * 3 for n in stale), stale
+    for n in stale:
+        assert (f"stale {n}" in done.stdout) == (n > 0)
 
 
 def test_repeat_must_be_positive() -> None:
