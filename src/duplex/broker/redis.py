@@ -174,6 +174,19 @@ local function live(nodes, field)
 end
 """
 
+# The user's hash has no live entry left: then its dead entries go too, since the
+# caller says the user is offline, and a later purge must not say it again.
+_LAST_GONE = """
+local function last_gone(hash, nodes)
+  local rest = redis.call('HKEYS', hash)
+  for _, f in ipairs(rest) do
+    if live(nodes, f) then return false end
+  end
+  if #rest > 0 then redis.call('HDEL', hash, unpack(rest)) end
+  return true
+end
+"""
+
 # KEYS: user hash, nodes. Returns the values of the live entries.
 _SESSIONS = (
     _PRELUDE
@@ -204,19 +217,13 @@ return first
 
 # KEYS: user hash, nodes, node index. ARGV: field, index member.
 # Returns 1 when the entry existed and no other live session remains (user offline).
-# The user's offline is then said, so entries of dead nodes left in the hash go too:
-# their purge must not say it again (see _REFRESH).
 _SESSION_DOWN = (
     _PRELUDE
+    + _LAST_GONE
     + """
 redis.call('SREM', KEYS[3], ARGV[2])
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-local rest = redis.call('HKEYS', KEYS[1])
-for _, f in ipairs(rest) do
-  if live(KEYS[2], f) then return 0 end
-end
-if #rest > 0 then redis.call('HDEL', KEYS[1], unpack(rest)) end
-return 1
+return last_gone(KEYS[1], KEYS[2]) and 1 or 0
 """
 )
 
@@ -228,6 +235,7 @@ return 1
 # _SESSION_DOWN) also deletes the user's other dead entries, so it is said once.
 _REFRESH = (
     _PRELUDE
+    + _LAST_GONE
     + """
 local prev = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
@@ -245,17 +253,8 @@ for i = 1, #all, 2 do
       local user = string.sub(member, 1, sep - 1)
       local session = string.sub(member, sep + 1)
       local hash = ARGV[3] .. 'u:' .. user
-      if redis.call('HDEL', hash, node .. '\\0' .. session) == 1 then
-        local rest = redis.call('HKEYS', hash)
-        local online = false
-        for _, f in ipairs(rest) do
-          if live(KEYS[1], f) then online = true break end
-        end
-        if not online then
-          -- Said once: the user's other dead entries go now, so their purge finds nothing.
-          if #rest > 0 then redis.call('HDEL', hash, unpack(rest)) end
-          offline[#offline + 1] = user
-        end
+      if redis.call('HDEL', hash, node .. '\\0' .. session) == 1 and last_gone(hash, KEYS[1]) then
+        offline[#offline + 1] = user
       end
       purged = purged + 1
       budget = budget - 1

@@ -268,11 +268,8 @@ class _Txn:
     def box(self, name: str) -> _Box:
         box = self.boxes.get(name)
         if box is None:
-            row = self.conn.execute(
-                "SELECT last_seq, acked_seq, messages - delivered FROM mailboxes WHERE mailbox = ?",
-                (name,),
-            ).fetchone()
-            box = _Box(row[0], row[1], row[2]) if row else _Box(0, 0)
+            row = self.conn.execute(_LOAD_BOXES.format("?"), (name,)).fetchone()
+            box = _Box(row[1], row[2], row[3]) if row else _Box(0, 0)
             self.boxes[name] = box
         return box
 
@@ -338,17 +335,17 @@ def _apply_ack(txn: _Txn, user: str, device: str, upto: int, ts: int) -> list[En
     txn.set_cursor(user, device, upto, ts)
     if upto <= box.acked_seq:
         return []
-    if box.undelivered <= 0:
-        # Nothing to mark (a sender acking its receipts, typically): skip the
-        # statement, which would find no message in the range.
-        box.acked_seq = upto
-        box.dirty = True
-        return []
-    rows = conn.execute(
-        "UPDATE entries SET delivered = ? WHERE mailbox = ? AND seq > ? AND seq <= ?"
-        " AND kind = 'msg' AND delivered IS NULL RETURNING seq, peer, msg_id",
-        (ts, user, box.acked_seq, upto),
-    ).fetchall()
+    # With nothing undelivered (a sender acking its receipts, typically) the statement
+    # would find no message in the range: skip it.
+    rows = (
+        conn.execute(
+            "UPDATE entries SET delivered = ? WHERE mailbox = ? AND seq > ? AND seq <= ?"
+            " AND kind = 'msg' AND delivered IS NULL RETURNING seq, peer, msg_id",
+            (ts, user, box.acked_seq, upto),
+        ).fetchall()
+        if box.undelivered > 0
+        else []
+    )
     box.acked_seq = upto
     box.delivered += len(rows)
     box.undelivered -= len(rows)
