@@ -119,7 +119,7 @@ import collections
 import contextlib
 import logging
 import random
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
@@ -494,7 +494,8 @@ class RedisBroker:
             await pubsub.subscribe(self._channel)
         except BaseException:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                # Typed in some redis releases and not in others: no ignore fits both.
+                await cast(Any, pubsub).aclose()
             raise
         self._pubsub = pubsub
         self._subscriber = asyncio.get_running_loop().create_task(
