@@ -37,7 +37,7 @@ import msgspec
 
 from duplex.broker.base import Broker, Routed, SessionInfo
 from duplex.config import HubConfig
-from duplex.errors import DuplexError
+from duplex.errors import DuplexError, StoreError
 from duplex.hub.accounts import (
     MIN_PASSWORD,
     NAME_RULE,
@@ -190,12 +190,15 @@ class Hub:
             m.DirectReport: self._on_direct_report,
         }
         # Optional fast paths of the backends (see _store_and_route_soon).
-        self._submit_message: Callable[[NewMessage], asyncio.Future[Stored] | None] | None = (
-            getattr(store, "submit_message", None)
+        self._stage_message: Callable[[NewMessage], Stored | None] | None = getattr(
+            store, "stage_message", None
         )
-        self._submit_ack: (
-            Callable[[str, str, int, int], asyncio.Future[list[Entry]] | None] | None
-        ) = getattr(store, "submit_ack", None)
+        self._stage_ack: Callable[[str, str, int, int], list[Entry] | None] | None = getattr(
+            store, "stage_ack", None
+        )
+        self._when_durable: Callable[[Callable[[StoreError | None], object]], None] | None = (
+            getattr(store, "when_durable", None)
+        )
         self._sessions_now: Callable[[str], list[SessionInfo]] | None = getattr(
             broker, "sessions_now", None
         )
@@ -493,29 +496,36 @@ class Hub:
         # past that its reads pause, so a flood cannot grow the hub's memory.
         conn.hold(len(msg.body))
         self._storing += 1
-        if self._submit_message is not None and self._sessions_now is not None:
-            # Without a task or coroutine per message when the backends allow it (an
-            # embedded store and the in-process broker): a quarter of the hub's time
-            # per message went into that machinery.
-            future = self._submit_message(message)
-            if future is not None:
-                future.add_done_callback(functools.partial(self._stored, conn, msg))
+        if self._stage_message is not None and self._sessions_now is not None:
+            # Without a task, coroutine or future per message when the backends allow
+            # it (an embedded store and the in-process broker): the store answers at
+            # once, and we act on the answer once it is durable.
+            assert self._when_durable is not None
+            try:
+                stored = self._stage_message(message)
+            except DuplexError as exc:
+                self._stored(conn, msg, None, exc)
+                return
+            if stored is not None:
+                self._when_durable(functools.partial(self._stored, conn, msg, stored))
                 return
         self.spawn(self._store_and_route(conn, message, msg))
 
-    def _stored(self, conn: HubConnection, msg: m.Send, future: asyncio.Future[Stored]) -> None:
+    def _stored(
+        self,
+        conn: HubConnection,
+        msg: m.Send,
+        stored: Stored | None,
+        error: DuplexError | None,
+    ) -> None:
         self._storing -= 1
         conn.release(len(msg.body))
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None:
-            log.error("storing a message from %s failed: %s", conn.peer, exc)
+        if error is not None or stored is None:
+            log.error("storing a message from %s failed: %s", conn.peer, error)
             if not conn.session.closed:
                 conn.close("internal", "the hub could not store the message; it will be resent")
             return
         assert self._sessions_now is not None
-        stored = future.result()
         sessions = self._sessions_now(stored.entry.user)
         self._answer_stored(conn, msg, stored, sessions)
         if not stored.duplicate:
@@ -570,28 +580,31 @@ class Hub:
             self._ack_soon(live)
 
     def _ack_soon(self, live: LiveSession) -> None:
-        """Writes ``live``'s ack: through callbacks when the backends allow (as
+        """Writes ``live``'s ack: staged at once when the backends allow (as
         :meth:`_store_and_route_soon`), else as a task."""
-        if self._submit_ack is not None and self._sessions_now is not None:
+        if self._stage_ack is not None and self._sessions_now is not None:
+            assert self._when_durable is not None
             upto = live.acked
-            future = self._submit_ack(live.user, live.info.device, upto, self.clock())
-            if future is not None:
+            try:
+                receipts = self._stage_ack(live.user, live.info.device, upto, self.clock())
+            except DuplexError as exc:
                 self._storing += 1
-                future.add_done_callback(functools.partial(self._acked, live, upto))
+                self._acked(live, upto, [], exc)
+                return
+            if receipts is not None:
+                self._storing += 1
+                self._when_durable(functools.partial(self._acked, live, upto, receipts))
                 return
         self.spawn(self._ack(live))
 
-    def _acked(self, live: LiveSession, upto: int, future: asyncio.Future[list[Entry]]) -> None:
+    def _acked(
+        self, live: LiveSession, upto: int, receipts: list[Entry], error: DuplexError | None
+    ) -> None:
         self._storing -= 1
-        if future.cancelled():
-            live.acking = False
-            return
-        exc = future.exception()
-        if exc is not None:
+        if error is not None:
             live.acking = False  # the next Ack retries; the device keeps its cursor
-            log.error("writing an ack of %s failed: %s", live.user, exc)
+            log.error("writing an ack of %s failed: %s", live.user, error)
             return
-        receipts = future.result()
         live.ack_written = upto
         if receipts:
             self.metrics.delivered.inc(len(receipts))

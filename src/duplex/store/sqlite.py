@@ -1,49 +1,94 @@
-"""The embedded store: SQLite in WAL mode, one writer thread, group commit.
+"""The embedded store: SQLite in WAL mode, mailboxes kept by the event loop, one
+journal row per group commit, applied to the tables in bulk.
+
+Who does what
+-------------
+What a messenger asks of its store on every message is small: give the message the
+next number of its recipient's mailbox, tell whether its id was stored before, and,
+when the recipient acks, mark a range of its mailbox delivered and append a receipt to
+each sender's mailbox. Done as SQL statements by a writer thread, one relayed message
+cost the hub about 90 us of CPU there (lookups, inserts and updates in three
+transactions, plus a future, a coroutine step and a thread hop per request): half of
+the hub, whose other half is the network.
+
+So the **event loop** keeps the state of the mailboxes in use in memory (last and
+acked sequence, counters, and the entries not yet in the tables) and answers those
+questions itself, in a few microseconds (:meth:`SqliteStore.stage_message`,
+:meth:`SqliteStore.stage_ack`). What it stages joins the *open batch*. The **writer
+thread** only makes batches durable: one transaction each, with whatever SQL the rare
+account, token and contact changes need. The answers exist at once, but nobody is told
+them until their batch is committed: the hub registers what to do then with
+:meth:`SqliteStore.when_durable`, and the async methods (:meth:`~SqliteStore.store_message`,
+:meth:`~SqliteStore.ack`, ...) wait for it. A mailbox not in memory is read in with
+one indexed query on the loop's own read connection the first time it is touched.
 
 Durability and its price
 ------------------------
-A message is acknowledged (``store_message`` returns) only after the transaction that
-holds it is committed with ``synchronous=FULL``: in WAL mode SQLite then fsyncs the
-write-ahead log before ``COMMIT`` returns, so neither a crash of the process nor a
-power cut loses it. ``synchronous=NORMAL`` skips that fsync (the log is synced only
-at checkpoints): still safe against a crash of the *process* (the written frames are
-in the kernel's page cache), but a power cut or kernel crash can lose the last
-transactions — messages the hub already acknowledged. It is several times faster
-with one commit per message and roughly the same with group commit, which is why FULL
-is the default (``benchmarks/store_commit.py`` gives the figures).
+A batch counts as durable once the transaction that holds it is committed with
+``synchronous=FULL``: in WAL mode SQLite then fsyncs the write-ahead log before
+``COMMIT`` returns, so neither a crash of the process nor a power cut loses it.
+``synchronous=NORMAL`` skips that fsync (the log is synced only at checkpoints): still
+safe against a crash of the *process* (the written frames are in the kernel's page
+cache), but a power cut or kernel crash can lose the last transactions — messages the
+hub already acknowledged. With group commit the two cost about the same, which is why
+FULL is the default (``benchmarks/store_commit.py`` gives the figures).
 
 Group commit
 ------------
-An fsync costs milliseconds whatever it carries, so one fsync per message would cap
-the hub at a few hundred messages per second. Instead every write (``store_message``,
-``ack`` and the rare account, token and contact changes) becomes a request on a queue
-that one writer thread, owning the only writing connection, drains *entirely*: it runs
-every queued request in ONE transaction, commits once (one fsync), then wakes all the
-callers with one ``call_soon_threadsafe``. While that fsync runs, the next requests
-queue up, so the batch grows with the load by itself: a lone message pays one fsync,
-and a hundred concurrent ones share one. The queue is bounded by
-:data:`MAX_PENDING_WRITES` requests (an :class:`asyncio.Semaphore` taken before a
-request is queued and given back when it is answered): above it, callers wait in
-``await``, which is the backpressure the hub passes on to its connections.
+An fsync costs from tens of microseconds to milliseconds whatever it carries, so one
+per message would cap the hub at a few thousand messages per second at best. The loop
+hands the writer one batch at a time: everything staged while the writer committed
+the previous one (and, when it was idle, everything staged in the current turn of the
+event loop, but not sooner than :data:`COMMIT_INTERVAL` after the last handover). So
+the batch grows with the load by itself: a lone message pays one fsync, a thousand
+concurrent ones share one. Staged but not yet durable work is bounded by
+:data:`MAX_PENDING_WRITES` requests: above it the ``stage_*`` methods decline and the
+async methods wait, in order, which is the backpressure the hub passes on.
 
-A request that fails on its own (e.g. a contact naming an unknown user) is refused
-before it changes anything and does not disturb the others. If the transaction fails
-on a constraint or a bug, it is rolled back and its requests are retried one per
-transaction, so one bad request cannot fail a hundred good ones; a failure of the
-database itself (busy past :data:`BUSY_TIMEOUT`, disk full) fails the batch at once. An I/O error
-(``SQLITE_IOERR``, e.g. a failed fsync) is not retried: after a failed fsync the
-kernel may have dropped the dirty pages, so the store stops accepting writes until
-it is reopened (PostgreSQL reasons the same way and panics).
+The journal, and applying it
+----------------------------
+A batch becomes durable as ONE row of the ``journal`` table (migration 4): its new
+entries, delivered marks, cursors and the new state of the mailboxes it touched, as a
+MessagePack blob. That is one B-tree insert and a few pages of log per commit, however
+many messages it carries. The same commit also *applies* the entries that have waited
+:data:`APPLY_AGE` (at most :data:`APPLY_CHUNK` of them): one ``executemany`` into
+``entries``. By then nearly every message has been acked, so it is inserted once, with
+its delivery time, instead of inserted, updated, and answered by a receipt row in
+three transactions; a message acked later is marked with an UPDATE. About once every
+:data:`FLUSH_AFTER` seconds a commit also writes the rows of the mailboxes and cursors
+that changed and deletes the journal rows that are then redundant. Applying in small
+pieces, alongside the journal, keeps a big apply from stalling the commits behind it.
+
+A store opened after a crash replays what the journal holds before it serves anything
+(:meth:`SqliteStore._recover`); an entry already applied is skipped, so the replay is
+idempotent. A closed store's tables are always complete and its journal empty.
+
+If a batch cannot be committed (a failed fsync, a full disk past
+:data:`RETRY_FOR` seconds of retries), what the loop staged after it can no longer be
+trusted to match the disk: the store fails every waiting caller and accepts no more
+writes until it is reopened, which recovers from the journal (PostgreSQL reasons the
+same way about a failed fsync and panics). A request that fails on its own (a contact
+naming an unknown user) runs in a savepoint and fails alone.
 
 Reads
 -----
-Reads run on a second connection on a reader thread. In WAL mode a reader sees the
-last committed snapshot and never waits for the writer, so a ``fetch`` at login is
-not queued behind a group commit (measured on this machine, 200 concurrent senders
-in flight: a ``fetch`` of 20 entries took 0.3 ms at p50 and 2.5-6 ms at p99 on the
-reader thread, against 6 ms at p50 and 21 ms at p99 when it shared the writer thread
-and waited for the batch ahead of it). A write is visible to every read that starts
-after the write returned.
+Reads of the tables run on a reader thread with its own connection; in WAL mode it
+sees the last committed snapshot and never waits for the writer. ``fetch`` serves the
+entries not yet applied from memory (only those already durable) and the rest from
+the tables; ``history`` and ``stats`` apply the journal first, then read the tables.
+
+Idempotent sends without a read
+-------------------------------
+A resent ``(sender, id)`` must be found, and a lookup in the ``entries_msg_id`` index
+per message would put a query back on the hot path. The store remembers the ids of the
+last :data:`RECENT_IDS` messages and keeps a *horizon*: every message ever stored
+whose id's first 48 bits (a UUIDv7's millisecond time) are at or above the horizon is
+among them. The horizon starts just above the largest id in the tables and rises past
+each id that is forgotten (oldest first; ids from a clock far ahead are kept apart
+rather than forgotten, so one cannot push the horizon into the future). A new id at
+or above the horizon, not remembered, is therefore new without a read; clients
+stamp their ids with the time, so that is nearly every id. Anything older is looked up
+in the index, as before.
 
 Integrity
 ---------
@@ -57,7 +102,7 @@ log makes the last acknowledged commits vanish while the database still passes e
 check. So the store keeps a high-water mark in ``<db>.hwm`` next to the database: the
 number of write transactions committed (also counted in the database, in ``meta``),
 written after each commit (one ``pwrite`` of 96 bytes per group commit, not per
-message) and fsync'd when the writer goes idle and at least once a second under
+message) and fsync'd when the writer has been idle for 50 ms and at least once a second under
 sustained load. At open, a database holding fewer commits than the file records — or
 none, or another database's id — is refused with ``StoreCorrupt`` ("history is shorter
 than what was acknowledged") rather than served. Being written after the commit, the
@@ -89,14 +134,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import msgspec
+
 from duplex.errors import StoreCorrupt, StoreError, map_exceptions
 from duplex.store.base import Entry, EntryKind, NewMessage, Stored, StoreStats, User, validate_batch
 from duplex.store.migrate import SCHEMA_VERSION_DDL, load_migrations
 
 __all__ = [
+    "APPLY_AGE",
+    "APPLY_BYTES",
+    "APPLY_CHUNK",
+    "APPLY_ENTRIES",
     "BUSY_TIMEOUT",
+    "COMMIT_INTERVAL",
+    "FLUSH_AFTER",
     "MAX_PENDING_READS",
     "MAX_PENDING_WRITES",
+    "RECENT_IDS",
+    "RETRY_FOR",
     "SqliteStore",
 ]
 
@@ -105,11 +160,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_PENDING_WRITES: Final = 8192
-"""Write requests queued for the writer at most; more callers wait in ``await``.
-
-One transaction takes all of them: 8192 messages of a few hundred bytes are a few MB
-of log, committed in well under a second, while a hub with thousands of sending
-connections still finds room for every in-flight message."""
+"""Write requests staged but not yet durable, at most; past it ``stage_*`` declines and
+the async methods wait. 8192 messages of a few hundred bytes are a few MB of log,
+committed in well under a second, while a hub with thousands of sending connections
+still finds room for every in-flight message."""
 
 MAX_PENDING_READS: Final = 1024
 """Reads queued for the reader thread at most; more callers wait in ``await``."""
@@ -118,19 +172,61 @@ BUSY_TIMEOUT: Final = 5.0
 """Seconds a connection waits for a lock held by another process (a backup tool, the
 ``sqlite3`` shell) before failing, rather than failing at once."""
 
+RETRY_FOR: Final = 30.0
+"""Seconds the writer keeps retrying a batch that failed for a reason that can pass (a
+lock held by another process, a full disk) before the store gives up."""
+
+COMMIT_INTERVAL: Final = 0.002
+"""Seconds at least between the starts of two group commits.
+
+A commit with ``synchronous=FULL`` costs this machine about 150 us of CPU (130 of them
+in the kernel's fsync path) whatever it carries. Committing whenever the writer is
+free makes a moderately loaded hub commit a few messages at a time, thousands of
+times a second: at 5,000 messages/s, 90% of a CPU against 72% with 2 ms between
+commits, for 1.2 ms more at the median (``benchmarks/hub_relay.py --rate 5000``).
+A lone message still goes at once: the wait only applies right after a commit."""
+
+APPLY_AGE: Final = 0.1
+"""Seconds an entry waits in the journal before it is written to ``entries``. By then
+nearly every message has been acked, so its row is written once, already delivered."""
+
+APPLY_CHUNK: Final = 1024
+"""Entries one commit writes to ``entries`` at most: the apply rides along with the
+journal commits in small pieces instead of stalling them (one apply of 4,096 entries
+held the writer for ~40 ms, the p99 of a run)."""
+
+APPLY_ENTRIES: Final = 4096
+"""Entries waiting for their apply past which they are applied whatever their age
+(what the journal may hold in memory): each is held twice (the mailbox's tail and the
+apply's list), about 300 bytes with a short body."""
+
+APPLY_BYTES: Final = 4 << 20
+"""Message bytes waiting for their apply past which they are applied whatever their
+age: a flood of large messages must not grow the hub by what it stores."""
+
+FLUSH_AFTER: Final = 1.0
+"""Seconds at most between two writes of the mailboxes' and cursors' rows; each such
+flush deletes the journal rows it makes redundant."""
+
+RECENT_IDS: Final = 100_000
+"""Message ids remembered after their apply, for resends found without a read."""
+
+_FUTURE_SLACK_MS = 60_000  # an id this far ahead of our clock is kept apart, not forgotten
 _HWM_SYNC_INTERVAL = 1.0
+_HWM_IDLE = 0.05
 _HWM_MAGIC = b"duplex-hwm1"
 _HWM_SIZE = 96
 _SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
 
 # Primary result codes (the low byte of an extended code).
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
 _SQLITE_IOERR = 10
 _SQLITE_CORRUPT = 11
-# Codes one request can cause by itself (its data); only these make a failed batch
-# retry its requests one by one. BUSY, LOCKED, FULL, IOERR, CORRUPT... would fail each
-# retry the same way, and BUSY after waiting BUSY_TIMEOUT each time.
-_SQLITE_REQUEST_CODES = frozenset({18, 19, 20, 25})  # TOOBIG, CONSTRAINT, MISMATCH, RANGE
+_SQLITE_FULL = 13
 _SQLITE_NOTADB = 26
+# Failures of a whole batch that may pass: retried for RETRY_FOR seconds.
+_TRANSIENT = frozenset({_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL})
 
 _MAPPING: dict[type[BaseException], type[StoreError]] = {
     sqlite3.Error: StoreError,
@@ -173,243 +269,194 @@ def _clone(exc: BaseException) -> BaseException:
     return exc
 
 
-@dataclasses.dataclass(slots=True)
-class _Box:
-    """A mailbox row as the current transaction sees it.
+def _id_time(msg_id: bytes) -> int:
+    """The first 48 bits of a message id: a UUIDv7's milliseconds since the epoch."""
+    return int.from_bytes(msg_id[:6], "big")
 
-    ``messages`` and ``delivered`` are this transaction's additions to the row's
-    counters; ``undelivered`` is the mailbox's count of messages not yet delivered
-    (all above ``acked_seq``), with this transaction's changes.
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Box:
+    """A mailbox as the event loop knows it.
+
+    Sequences, from the oldest: ``applied`` <= ``durable`` <= ``last_seq`` (any order
+    between ``applied`` and ``durable``: an apply may commit entries staged after the
+    last journal commit), and ``sealed`` >= ``applied``.
+
+    Attributes:
+        name: the mailbox (its user).
+        last_seq: the highest sequence staged.
+        acked_seq: the highest sequence any device acked (every message at or below
+            it is delivered, every one above it is not).
+        messages: messages ever stored in it (not receipts).
+        delivered: those of them delivered.
+        durable: the highest sequence committed (to the journal or the tables).
+        applied: the highest sequence in the ``entries`` table.
+        sealed: the highest sequence handed to an apply (committed or not): a delivery
+            mark above it is folded into its row, at or below it needs an UPDATE.
+        tail: the entries above ``applied``, in order (``tail[0].seq == applied + 1``).
     """
 
+    name: str
     last_seq: int
     acked_seq: int
-    undelivered: int = 0
-    messages: int = 0
-    delivered: int = 0
-    dirty: bool = False
+    messages: int
+    delivered: int
+    durable: int
+    applied: int
+    sealed: int
+    tail: list[Entry] = dataclasses.field(default_factory=list)
 
+
+class _Request:
+    """A write that needs SQL (accounts, tokens, contacts), run by the writer thread."""
+
+    __slots__ = ("error", "fn", "future", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]):
+        self.fn = fn
+        self.future = future
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+_Done = Callable[[StoreError | None], object]
+
+
+class _Apply:
+    """What one apply writes to the tables (built by the loop when it seals a batch)."""
+
+    __slots__ = ("boxes", "cursors", "journal_upto", "rows", "tops", "updates")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        self.updates: list[tuple[int, str, int]] = []
+        self.cursors: list[tuple[str, str, int, int]] = []
+        self.boxes: list[tuple[str, int, int, int, int]] = []
+        self.tops: list[tuple[_Box, int]] = []
+        self.journal_upto = 0
+
+
+class _Batch:
+    """What was staged between two handovers to the writer.
+
+    The loop stages into it (``entries`` ... ``done``); :meth:`SqliteStore._seal`
+    decides what the writer writes (``journal`` or ``apply``); the writer sets
+    ``error``; :meth:`SqliteStore._finish` answers everyone and sets ``finished``.
+    """
+
+    __slots__ = (
+        "apply",
+        "boxes",
+        "bytes",
+        "cursors",
+        "done",
+        "entries",
+        "error",
+        "finished",
+        "journal",
+        "journal_id",
+        "marks",
+        "ops",
+        "requests",
+        "tops",
+        "waiters",
+    )
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.marks: list[tuple[int, str, int]] = []
+        self.cursors: dict[tuple[str, str], tuple[int, int]] = {}
+        self.boxes: dict[str, _Box] = {}
+        self.requests: list[_Request] = []
+        self.done: list[_Done] = []
+        self.ops = 0
+        self.bytes = 0  # of message bodies
+        self.tops: list[tuple[_Box, int]] = []
+        self.journal: bytes | None = None
+        self.journal_id = 0
+        self.apply: _Apply | None = None
+        self.error: StoreError | None = None
+        self.waiters: list[asyncio.Future[None]] = []
+        self.finished = False
+
+
+# What one journal row holds: new entries, (ts, mailbox, seq) delivered marks,
+# (mailbox, device, seq, ts) cursors, and (mailbox, last_seq, acked_seq, messages,
+# delivered) mailbox states, in the order they happened.
+_JournalOps = tuple[
+    list[Entry],
+    list[tuple[int, str, int]],
+    list[tuple[str, str, int, int]],
+    list[tuple[str, int, int, int, int]],
+]
+_journal_encoder = msgspec.msgpack.Encoder()
+_journal_decoder = msgspec.msgpack.Decoder(_JournalOps)
 
 _INSERT_ENTRY = (
-    "INSERT INTO entries (mailbox, seq, kind, peer, msg_id, body, ts) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO entries (mailbox, seq, kind, peer, msg_id, body, ts, delivered)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_MARK_DELIVERED = "UPDATE entries SET delivered = ? WHERE mailbox = ? AND seq = ?"
 _UPSERT_BOX = (
     "INSERT INTO mailboxes (mailbox, last_seq, acked_seq, messages, delivered)"
     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (mailbox) DO UPDATE SET"
     " last_seq = excluded.last_seq, acked_seq = excluded.acked_seq,"
-    " messages = messages + excluded.messages, delivered = delivered + excluded.delivered"
-)
-# The CTE form makes SQLite probe entries_msg_id once per key (an IN list of row
-# values would scan instead).
-_FIND_MESSAGES = (
-    "WITH k(sender, msg_id) AS (VALUES {})"
-    " SELECT e.peer, e.msg_id, e.mailbox, e.seq, e.body, e.ts, e.delivered"
-    " FROM k JOIN entries e ON e.kind = 'msg' AND e.peer = k.sender AND e.msg_id = k.msg_id"
+    " messages = excluded.messages, delivered = excluded.delivered"
 )
 _UPSERT_CURSOR = (
     "INSERT INTO cursors (mailbox, device, seq, ts) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (mailbox, device) DO UPDATE SET"
     " seq = max(seq, excluded.seq), ts = excluded.ts"
 )
-_LOAD_BOXES = (
-    "SELECT mailbox, last_seq, acked_seq, messages - delivered FROM mailboxes WHERE mailbox IN ({})"
+_LOAD_BOX = "SELECT last_seq, acked_seq, messages, delivered FROM mailboxes WHERE mailbox = ?"
+_FIND_MESSAGE = (
+    "SELECT mailbox, seq, body, ts FROM entries WHERE msg_id = ? AND peer = ? AND kind = 'msg'"
+)
+_UNDELIVERED = (
+    "SELECT seq, peer, msg_id FROM entries"
+    " WHERE mailbox = ? AND seq > ? AND seq <= ? AND kind = 'msg' ORDER BY seq"
+)
+_FETCH = (
+    "SELECT seq, kind, peer, msg_id, body, ts FROM entries"
+    " WHERE mailbox = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
 # One direction of a conversation: newest first on UNIQUE (mailbox, seq), no sort.
 _HISTORY = (
     "SELECT id, mailbox, seq, peer, msg_id, body, ts FROM entries"
     " WHERE mailbox = ? AND kind = 'msg' AND peer = ? AND ts < ? ORDER BY seq DESC LIMIT ?"
 )
-# Host parameters per statement, below SQLite's limit of 32766.
-_CHUNK = 16000
 
 
-class _Txn:
-    """The state of one group-commit transaction, on the writer thread only.
+def _write_ops(
+    conn: sqlite3.Connection,
+    rows: list[tuple[Any, ...]],
+    updates: list[tuple[int, str, int]],
+    cursors: list[tuple[str, str, int, int]],
+    boxes: list[tuple[str, int, int, int, int]],
+) -> None:
+    """Writes entries, delivered marks, cursors and mailbox states to the tables."""
+    if rows:
+        conn.executemany(_INSERT_ENTRY, rows)
+    if updates:
+        conn.executemany(_MARK_DELIVERED, updates)
+    if cursors:
+        conn.executemany(_UPSERT_CURSOR, cursors)
+    if boxes:
+        conn.executemany(_UPSERT_BOX, boxes)
 
-    Mailbox counters and the devices' cursors are read or written once per
-    transaction; new entries are buffered and inserted with one ``executemany`` at the
-    end, or earlier when an ack must see a message still in the buffer
-    (``unflushed`` names the mailboxes holding one): each statement costs a few
-    microseconds of Python and SQLite however little it does.
+
+def _apply_journal(conn: sqlite3.Connection, blob: bytes) -> int:
+    """Writes one journal row's changes to the tables; returns its entry count.
+
+    Its entries may be in ``entries`` already (applied, but the row was not yet
+    deleted): an entry is its (mailbox, seq), so those are skipped.
     """
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.boxes: dict[str, _Box] = {}
-        self.rows: list[tuple[str, int, str, str, bytes, str, int]] = []
-        self.unflushed: set[str] = set()
-        self.cursors: dict[tuple[str, str], tuple[int, int]] = {}
-        self.new: dict[tuple[str, bytes], Entry] = {}
-        self.acked: set[tuple[str, bytes]] = set()
-        self.existing: dict[tuple[str, bytes], tuple[Any, ...]] = {}
-
-    def prefetch(self, messages: list[NewMessage]) -> None:
-        """Looks up every message's duplicate and every recipient's mailbox at once.
-
-        A few set-based statements per batch instead of two per message: the
-        writer's Python work (which holds the GIL the hub's event loop needs) then
-        hardly grows with the batch, while SQLite's own work runs without the GIL.
-        """
-        for i in range(0, len(messages), _CHUNK // 2):
-            chunk = messages[i : i + _CHUNK // 2]
-            values = ",".join(["(?,?)"] * len(chunk))
-            args = [x for m in chunk for x in (m.sender, m.msg_id)]
-            for row in self.conn.execute(_FIND_MESSAGES.format(values), args):
-                self.existing[(row[0], row[1])] = row
-        names = list({m.recipient for m in messages} - self.boxes.keys())
-        for i in range(0, len(names), _CHUNK):
-            part = names[i : i + _CHUNK]
-            marks = ",".join("?" * len(part))
-            for row in self.conn.execute(_LOAD_BOXES.format(marks), part):
-                self.boxes[row[0]] = _Box(row[1], row[2], row[3])
-            for name in part:
-                self.boxes.setdefault(name, _Box(0, 0))
-
-    def box(self, name: str) -> _Box:
-        box = self.boxes.get(name)
-        if box is None:
-            row = self.conn.execute(_LOAD_BOXES.format("?"), (name,)).fetchone()
-            box = _Box(row[1], row[2], row[3]) if row else _Box(0, 0)
-            self.boxes[name] = box
-        return box
-
-    def append(
-        self, mailbox: str, kind: EntryKind, peer: str, msg_id: bytes, body: str, ts: int
-    ) -> Entry:
-        box = self.box(mailbox)
-        box.last_seq += 1
-        box.dirty = True
-        if kind == "msg":
-            box.messages += 1
-            box.undelivered += 1
-            self.unflushed.add(mailbox)
-        self.rows.append((mailbox, box.last_seq, kind, peer, msg_id, body, ts))
-        return Entry(mailbox, box.last_seq, kind, peer, msg_id, body, ts)
-
-    def flush(self) -> None:
-        if self.rows:
-            self.conn.executemany(_INSERT_ENTRY, self.rows)
-            self.rows.clear()
-            self.unflushed.clear()
-
-    def set_cursor(self, mailbox: str, device: str, seq: int, ts: int) -> None:
-        key = (mailbox, device)
-        old = self.cursors.get(key)
-        self.cursors[key] = (seq if old is None else max(seq, old[0]), ts)
-
-    def finish(self, commits: int) -> None:
-        self.flush()
-        dirty = [
-            (name, b.last_seq, b.acked_seq, b.messages, b.delivered)
-            for name, b in self.boxes.items()
-            if b.dirty
-        ]
-        if dirty:
-            self.conn.executemany(_UPSERT_BOX, dirty)
-        if self.cursors:
-            cursors = [(*key, seq, ts) for key, (seq, ts) in self.cursors.items()]
-            self.conn.executemany(_UPSERT_CURSOR, cursors)
-        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (commits,))
-
-
-def _apply_store(txn: _Txn, m: NewMessage) -> Stored:
-    key = (m.sender, m.msg_id)
-    entry = txn.new.get(key)
-    if entry is not None:  # the same message twice in one batch
-        return Stored(entry, duplicate=True, delivered=key in txn.acked)
-    row = txn.existing.get(key)
-    if row is not None:
-        original = Entry(row[2], row[3], "msg", m.sender, m.msg_id, row[4], row[5])
-        return Stored(original, duplicate=True, delivered=row[6] is not None or key in txn.acked)
-    entry = txn.append(m.recipient, "msg", m.sender, m.msg_id, m.body, m.ts)
-    txn.new[key] = entry
-    return Stored(entry)
-
-
-def _apply_ack(txn: _Txn, user: str, device: str, upto: int, ts: int) -> list[Entry]:
-    if user in txn.unflushed:  # the UPDATE below reads this mailbox's messages
-        txn.flush()
-    conn = txn.conn
-    box = txn.box(user)
-    upto = max(0, min(upto, box.last_seq))
-    txn.set_cursor(user, device, upto, ts)
-    if upto <= box.acked_seq:
-        return []
-    # With nothing undelivered (a sender acking its receipts, typically) the statement
-    # would find no message in the range: skip it.
-    rows = (
-        conn.execute(
-            "UPDATE entries SET delivered = ? WHERE mailbox = ? AND seq > ? AND seq <= ?"
-            " AND kind = 'msg' AND delivered IS NULL RETURNING seq, peer, msg_id",
-            (ts, user, box.acked_seq, upto),
-        ).fetchall()
-        if box.undelivered > 0
-        else []
-    )
-    box.acked_seq = upto
-    box.delivered += len(rows)
-    box.undelivered -= len(rows)
-    box.dirty = True
-    receipts = []
-    # RETURNING gives no order guarantee; receipts follow the recipient's order.
-    for _seq, sender, msg_id in sorted(rows):
-        txn.acked.add((sender, msg_id))
-        receipts.append(txn.append(sender, "receipt", user, msg_id, "", ts))
-    return receipts
-
-
-def _apply_create_user(txn: _Txn, name: str, password_hash: str, created: int) -> bool:
-    cur = txn.conn.execute(
-        "INSERT INTO users (name, password_hash, created) VALUES (?, ?, ?)"
-        " ON CONFLICT (name) DO NOTHING",
-        (name, password_hash, created),
-    )
-    return cur.rowcount == 1
-
-
-def _require_users(txn: _Txn, *names: str) -> None:
-    for name in names:
-        if txn.conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
-            raise _Refused(f"no such user: {name!r}")
-
-
-def _apply_add_contact(txn: _Txn, owner: str, contact: str) -> bool:
-    _require_users(txn, owner, contact)
-    cur = txn.conn.execute(
-        "INSERT INTO contacts (owner, contact) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        (owner, contact),
-    )
-    return cur.rowcount == 1
-
-
-def _apply_save_token(txn: _Txn, token_hash: bytes, user: str, device: str, expires: int) -> None:
-    _require_users(txn, user)
-    txn.conn.execute(
-        "INSERT INTO tokens (token_hash, user, device, expires) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (token_hash) DO UPDATE SET"
-        " user = excluded.user, device = excluded.device, expires = excluded.expires",
-        (token_hash, user, device, expires),
-    )
-
-
-def _apply_sql(txn: _Txn, sql: str, args: tuple[Any, ...]) -> int:
-    return txn.conn.execute(sql, args).rowcount
-
-
-class _Request:
-    __slots__ = ("error", "fn", "future", "message", "result")
-
-    def __init__(
-        self,
-        fn: Callable[[_Txn], Any],
-        future: asyncio.Future[Any],
-        message: NewMessage | None = None,
-    ) -> None:
-        self.fn = fn
-        self.future = future
-        self.message = message  # set for store_message, so the batch can prefetch
-        self.result: Any = None
-        self.error: BaseException | None = None
+    entries, marks, cursors, boxes = _journal_decoder.decode(blob)
+    rows = [(e.user, e.seq, e.kind, e.peer, e.msg_id, e.body, e.ts, None) for e in entries]
+    if rows:
+        conn.executemany(_INSERT_ENTRY.replace("INSERT", "INSERT OR IGNORE", 1), rows)
+    _write_ops(conn, [], marks, cursors, boxes)
+    return len(entries)
 
 
 class SqliteStore:
@@ -425,10 +472,14 @@ class SqliteStore:
             ``"EXTRA"``, or ``"NORMAL"`` (faster; can lose the last acknowledged
             transactions on a power cut, never on a process crash).
         max_batch: the most write requests one transaction takes. The default takes
-            everything queued; 1 gives one commit per request (for benchmarks).
+            everything staged; 1 gives one commit per request (for benchmarks).
         integrity_check: ``"quick"`` (``PRAGMA quick_check``, default), ``"full"``
             (``PRAGMA integrity_check``, also cross-checks every index: slower) or
             ``"off"``.
+        apply_age: seconds an entry waits in the journal before its apply (see
+            :data:`APPLY_AGE`); 0 writes every entry to the tables in its own commit.
+        commit_interval: seconds at least between the starts of two group commits
+            (see :data:`COMMIT_INTERVAL`); 0 commits as soon as the writer is free.
 
     Raises:
         ValueError: an unknown ``synchronous`` or ``integrity_check`` value.
@@ -441,6 +492,8 @@ class SqliteStore:
         synchronous: str = "FULL",
         max_batch: int = MAX_PENDING_WRITES,
         integrity_check: str = "quick",
+        apply_age: float = APPLY_AGE,
+        commit_interval: float = COMMIT_INTERVAL,
     ) -> None:
         synchronous = synchronous.upper()
         if synchronous not in _SYNCHRONOUS:
@@ -452,25 +505,63 @@ class SqliteStore:
         self.synchronous = synchronous
         self._max_batch = max(1, min(max_batch, MAX_PENDING_WRITES))
         self._integrity_check = integrity_check
+        self._apply_age = max(0.0, apply_age)
         self.commit_count = 0
         """Write transactions committed since :meth:`open` (one per group commit)."""
         self.write_count = 0
         """Write requests committed since :meth:`open` (messages, acks, ...)."""
+        self.apply_count = 0
+        """Applies of the journal to the tables since :meth:`open`."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wconn: sqlite3.Connection | None = None
-        self._rconn: sqlite3.Connection | None = None
+        self._wconn: sqlite3.Connection | None = None  # the writer thread's
+        self._rconn: sqlite3.Connection | None = None  # the reader thread's
+        self._lconn: sqlite3.Connection | None = None  # the event loop's point reads
         self._hwm_fd = -1
         self._store_id = ""
         self._commits = 0  # the database's total, as in meta
         self._hwm_synced = 0.0
-        self._queue: collections.deque[_Request] = collections.deque()
+        self._hwm_dirty = False
+        # Loop side.
+        self._boxes: dict[str, _Box] = {}
+        self._open = _Batch()
+        self._last = _Batch()  # the batch that holds the last staged request
+        self._last.finished = True
+        self._inflight = 0  # sealed batches not yet committed
+        self._seal_soon = False
+        self._sealed_at = 0.0
+        self._commit_interval = max(0.0, commit_interval)
+        self._journal_id = 0  # the last journal row id given out
+        self._pending = 0  # write requests staged, not yet durable
+        self._waiting = 0  # async callers waiting for room, or woken and not yet staged
+        self._woken = 0  # of those, woken
+        self._room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Sealed batches whose entries wait for their apply: (when, journal id,
+        # entries, body bytes), oldest first, and how many entries and bytes they hold.
+        self._aging: collections.deque[tuple[float, int, list[Entry], int]] = collections.deque()
+        self._aging_entries = 0
+        self._aging_bytes = 0
+        # Delivery marks: on entries not yet handed to an apply (folded into their
+        # rows), and on entries already applied (UPDATEs for the next apply).
+        self._settled: dict[tuple[str, int], int] = {}
+        self._updates: list[tuple[int, str, int]] = []
+        # Since the last flush: cursors and mailboxes changed, and when the first was.
+        self._apply_cursors: dict[tuple[str, str], tuple[int, int]] = {}
+        self._apply_boxes: dict[str, _Box] = {}
+        self._unflushed_since = 0.0
+        self._apply_timer: asyncio.TimerHandle | None = None
+        self._force_apply: list[asyncio.Future[None]] = []
+        # Idempotent sends (see the module doc).
+        # (sender, id) -> (mailbox, seq): where it went, not the entry (nor its body).
+        self._ids: dict[tuple[str, bytes], tuple[str, int]] = {}
+        self._id_order: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._far_ids: dict[tuple[str, bytes], tuple[str, int]] = {}
+        self._horizon = 0
+        # Writer side.
+        self._queue: collections.deque[_Batch] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._writer: threading.Thread | None = None
         self._reader: ThreadPoolExecutor | None = None
-        self._pending = 0  # write requests queued or running (bounded by MAX_PENDING_WRITES)
-        self._idle = False  # the writer sleeps on _cond (set and read under it)
-        self._room: asyncio.Event | None = None  # set while _pending is below the bound
         self._rsem: asyncio.Semaphore | None = None
         self._failed: StoreError | None = None
         self._closed = False
@@ -481,7 +572,8 @@ class SqliteStore:
     # -- life cycle -----------------------------------------------------------
 
     async def open(self) -> None:
-        """Opens the database, checks it, applies migrations and starts the threads.
+        """Opens the database, checks it, applies migrations and what a crash left in
+        the journal, and starts the threads.
 
         Raises:
             StoreCorrupt: the file failed its integrity check, or holds less history
@@ -496,8 +588,6 @@ class SqliteStore:
         except BaseException:
             self._release_sync()
             raise
-        self._room = asyncio.Event()
-        self._room.set()
         self._rsem = asyncio.Semaphore(MAX_PENDING_READS)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="duplex-store-read")
         self._writer = threading.Thread(
@@ -506,7 +596,8 @@ class SqliteStore:
         self._writer.start()
 
     async def close(self) -> None:
-        """Commits the queued writes, stops the threads and closes the files.
+        """Commits what is staged, applies the journal, stops the threads and closes
+        the files.
 
         The last connection to close checkpoints the log into the database and removes
         it. Calling it again does nothing.
@@ -514,6 +605,9 @@ class SqliteStore:
         if self._closed or self._loop is None:
             self._closed = True
             return
+        if self._writer is not None and self._failed is None:
+            with contextlib.suppress(StoreError):
+                await self._apply_now()
         self._closed = True
         with self._cond:
             self._stopping = True
@@ -524,6 +618,8 @@ class SqliteStore:
             await asyncio.to_thread(self._reader.shutdown, True)
         # Give the loop a turn so the writer's last call_soon_threadsafe is answered.
         await asyncio.sleep(0)
+        if self._apply_timer is not None:
+            self._apply_timer.cancel()
         self._release_sync()
 
     def _open_sync(self) -> None:
@@ -546,8 +642,43 @@ class SqliteStore:
             )
             self._hwm_fd = os.open(self.hwm_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._write_hwm(sync=True)
+            self._recover(conn)
+            top = conn.execute("SELECT max(msg_id) FROM entries WHERE kind = 'msg'").fetchone()
+            self._horizon = _id_time(top[0]) + 1 if top[0] is not None else 0
             self._rconn = self._connect()
-            self._rconn.execute("PRAGMA query_only = ON")
+            self._lconn = self._connect()
+            for reader in (self._rconn, self._lconn):
+                reader.execute("PRAGMA query_only = ON")
+                # A first read opens the log and its index now, not on the first
+                # message (a descriptor count taken at start would seem to leak).
+                reader.execute("SELECT count(*) FROM meta").fetchone()
+
+    def _recover(self, conn: sqlite3.Connection) -> None:
+        """Applies the journal rows a crash left (in order) and empties the journal."""
+        ids = [r[0] for r in conn.execute("SELECT id FROM journal ORDER BY id")]
+        if not ids:
+            return
+        entries = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for row_id in ids:
+                (blob,) = conn.execute("SELECT ops FROM journal WHERE id = ?", (row_id,)).fetchone()
+                entries += _apply_journal(conn, blob)
+            conn.execute("DELETE FROM journal")
+            self._commits += 1
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (self._commits,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        self._write_hwm(sync=True)
+        logger.info(
+            "%s: applied %d journal rows (%d entries) left by an unclean stop",
+            self.path,
+            len(ids),
+            entries,
+        )
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we write BEGIN/COMMIT ourselves. check_same_thread=False:
@@ -659,11 +790,11 @@ class SqliteStore:
     def _release_sync(self) -> None:
         # The reader first: the last connection to close checkpoints the log into the
         # database and removes it, and that must be the writing one.
-        for conn in (self._rconn, self._wconn):
+        for conn in (self._lconn, self._rconn, self._wconn):
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
-        self._rconn = self._wconn = None
+        self._lconn = self._rconn = self._wconn = None
         if self._hwm_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._hwm_fd)
@@ -672,171 +803,616 @@ class SqliteStore:
     # -- the writer thread ----------------------------------------------------
 
     def _writer_main(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    self._idle = True
-                    while not self._queue and not self._stopping:
-                        self._cond.wait()
-                    self._idle = False
-                    if not self._queue:
-                        break  # stopping, and everything queued is done
-                # Producers append without the lock: take requests one popleft at a
-                # time (atomic), never list() then clear(), which could drop one.
-                batch: list[_Request] = []
-                queue = self._queue
-                while queue and len(batch) < self._max_batch:
-                    batch.append(queue.popleft())
-                self._run_batch(batch)
-                self._answer(batch)
-                if (
-                    self._hwm_fd >= 0
-                    and self.synchronous != "NORMAL"
-                    and (
-                        not self._queue or time.monotonic() - self._hwm_synced > _HWM_SYNC_INTERVAL
-                    )
-                ):
-                    try:
-                        os.fdatasync(self._hwm_fd)
-                        self._hwm_synced = time.monotonic()
-                    except OSError:
-                        logger.exception("%s: cannot sync the high-water mark", self.hwm_path)
-        except BaseException as exc:  # a bug: fail everything rather than hang callers
-            logger.exception("%s: writer thread failed", self.path)
-            self._failed = StoreError(f"{self.path}: the writer thread failed: {exc!r}")
+        while True:
             with self._cond:
-                rest = list(self._queue)
-                self._queue.clear()
-            for req in rest:
-                req.error = self._failed
-            self._answer(rest)
+                while not self._queue and not self._stopping:
+                    # Asleep with the mark not yet synced: sync it after a short idle.
+                    if self._hwm_dirty and not self._cond.wait(_HWM_IDLE):
+                        break
+                    if not self._hwm_dirty:
+                        self._cond.wait()
+                batch = self._queue.popleft() if self._queue else None
+                if batch is None and self._stopping:
+                    break
+            if batch is None:
+                self._sync_hwm()
+                continue
+            if self._failed is not None:
+                batch.error = self._failed
+            else:
+                self._commit_retrying(batch)
+            if time.monotonic() - self._hwm_synced > _HWM_SYNC_INTERVAL:
+                self._sync_hwm()
+            self._answer(batch)
+        self._sync_hwm()
 
-    def _run_batch(self, batch: list[_Request]) -> None:
-        if self._failed is not None:
-            for req in batch:
-                req.error = self._failed
-            return
+    def _commit_retrying(self, batch: _Batch) -> None:
+        """Commits ``batch``; on a failure that may pass, retries for RETRY_FOR seconds;
+        on any other, fails the store (see the module doc)."""
+        deadline = time.monotonic() + RETRY_FOR
+        pause = 0.05
+        while True:
+            try:
+                with _translated(self.path):
+                    self._commit(batch)
+                return
+            except Exception as exc:
+                cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+                if _code(cause) in _TRANSIENT and time.monotonic() < deadline:
+                    logger.warning("%s: commit failed (%s); retrying", self.path, exc)
+                    time.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+                    continue
+                failed = StoreError(
+                    f"{self.path}: a commit failed, so the store accepts no more writes "
+                    f"until it is reopened (which recovers from the journal): {exc}"
+                )
+                failed.__cause__ = cause
+                logger.error("%s", failed)
+                self._failed = batch.error = failed
+                return
+
+    def _commit(self, batch: _Batch) -> None:
         conn = self._wconn
         assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            with _translated(self.path):
-                conn.execute("BEGIN IMMEDIATE")
+            for req in batch.requests:
+                req.result, req.error = None, None
+                conn.execute("SAVEPOINT request")
                 try:
-                    txn = _Txn(conn)
-                    txn.prefetch([r.message for r in batch if r.message is not None])
-                    for req in batch:
+                    req.result = req.fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO request")
+                    if isinstance(exc, sqlite3.Error):
                         try:
-                            req.result = req.fn(txn)
-                        except _Refused as exc:
-                            req.error = StoreError(*exc.args)
-                    txn.finish(self._commits + 1)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            conn.execute("ROLLBACK")
-                    raise
-        except Exception as exc:
-            cause = exc.__cause__ if isinstance(exc, StoreError) else exc
-            code = _code(cause)
-            if code == _SQLITE_IOERR:
-                self._failed = StoreError(
-                    f"{self.path}: I/O error, the store accepts no more writes until it "
-                    f"is reopened: {cause}"
+                            with _translated(self.path):
+                                raise exc
+                        except StoreError as translated:
+                            req.error = translated
+                    else:
+                        req.error = exc
+                conn.execute("RELEASE request")
+            work = batch.apply
+            if batch.journal is not None:
+                conn.execute(
+                    "INSERT INTO journal (id, ops) VALUES (?, ?)", (batch.journal_id, batch.journal)
                 )
-                self._failed.__cause__ = cause
-                logger.error("%s", self._failed)
-            own = code in _SQLITE_REQUEST_CODES or not isinstance(cause, sqlite3.Error | OSError)
-            if len(batch) > 1 and own:
-                logger.warning("%s: group commit failed (%s); retrying one by one", self.path, exc)
-                for req in batch:
-                    req.result, req.error = None, None
-                    self._run_batch([req])
-                return
-            for req in batch:
-                req.result, req.error = None, exc
-            return
+            if work is not None:
+                _write_ops(conn, work.rows, work.updates, work.cursors, work.boxes)
+                if work.journal_upto:
+                    conn.execute("DELETE FROM journal WHERE id <= ?", (work.journal_upto,))
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (self._commits + 1,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
         self._commits += 1
         self.commit_count += 1
-        self.write_count += len(batch)
+        self.write_count += batch.ops
         try:
             self._write_hwm(sync=False)
+            self._hwm_dirty = True
         except OSError:
             logger.exception("%s: cannot write the high-water mark", self.hwm_path)
 
-    def _answer(self, batch: list[_Request]) -> None:
-        if not batch:
+    def _sync_hwm(self) -> None:
+        if not self._hwm_dirty or self._hwm_fd < 0:
             return
+        self._hwm_dirty = False
+        if self.synchronous == "NORMAL":
+            return
+        try:
+            os.fdatasync(self._hwm_fd)
+            self._hwm_synced = time.monotonic()
+        except OSError:
+            logger.exception("%s: cannot sync the high-water mark", self.hwm_path)
+
+    def _answer(self, batch: _Batch) -> None:
         assert self._loop is not None
         try:
-            self._loop.call_soon_threadsafe(self._resolve, batch)
+            self._loop.call_soon_threadsafe(self._committed, batch)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
-    def _resolve(self, batch: list[_Request]) -> None:
-        assert self._room is not None
-        self._pending -= len(batch)
-        if self._pending < MAX_PENDING_WRITES:
-            self._room.set()
-        for req in batch:
+    # -- the loop side: batches -----------------------------------------------
+
+    def _stage_soon(self, batch: _Batch) -> None:
+        """Something was staged in ``batch`` (the open one): arrange its handover."""
+        self._last = batch
+        if batch.ops >= self._max_batch:
+            self._seal()
+        elif not self._inflight and not self._seal_soon:
+            self._seal_next()
+
+    def _seal_next(self) -> None:
+        """Seals the open batch at the end of this turn of the loop, or once
+        ``commit_interval`` has passed since the last seal, whichever is later."""
+        self._seal_soon = True
+        assert self._loop is not None
+        wait = self._sealed_at + self._commit_interval - time.monotonic()
+        if wait > 0:
+            self._loop.call_later(wait, self._seal_if_idle)
+        else:
+            self._loop.call_soon(self._seal_if_idle)
+
+    def _seal_if_idle(self) -> None:
+        self._seal_soon = False
+        if not self._inflight:
+            self._seal()
+
+    def _seal(self) -> None:
+        """Hands the open batch to the writer, with the apply work that is due."""
+        batch = self._open
+        now = time.monotonic()
+        force = bool(self._force_apply)
+        aging = self._aging
+        due = bool(aging) and (aging[0][0] <= now - self._apply_age or self._crowded())
+        flush = bool(self._unflushed_since) and now - self._unflushed_since >= FLUSH_AFTER
+        if not batch.ops and not force and not due and not flush and not self._updates:
+            return
+        self._open = _Batch()
+        self._sealed_at = now
+        batch.waiters, self._force_apply = self._force_apply, []
+        tops = batch.tops = [(box, box.last_seq) for box in batch.boxes.values()]
+        if force:
+            # Everything into the tables now, this batch included (no journal row).
+            chunk = [e for _, _, entries, _ in aging for e in entries]
+            chunk += batch.entries
+            aging.clear()
+            self._aging_entries = self._aging_bytes = 0
+            batch.apply = self._seal_apply(chunk, flush=True)
+            self._hand_over(batch)
+            return
+        if batch.entries or batch.marks or batch.cursors or tops:
+            self._journal_id += 1
+            batch.journal_id = self._journal_id
+            batch.journal = _journal_encoder.encode(
+                (
+                    batch.entries,
+                    batch.marks,
+                    [(*key, seq, ts) for key, (seq, ts) in batch.cursors.items()],
+                    [
+                        (box.name, top, box.acked_seq, box.messages, box.delivered)
+                        for box, top in tops
+                    ],
+                )
+            )
+            if batch.entries:
+                aging.append((now, batch.journal_id, batch.entries, batch.bytes))
+                self._aging_entries += len(batch.entries)
+                self._aging_bytes += batch.bytes
+        chunk = []
+        oldest = now - self._apply_age
+        while aging and len(chunk) < APPLY_CHUNK:
+            if aging[0][0] > oldest and not self._crowded():
+                break
+            _, _, entries, size = aging.popleft()
+            chunk += entries
+            self._aging_entries -= len(entries)
+            self._aging_bytes -= size
+        if chunk or self._updates or flush:
+            batch.apply = self._seal_apply(chunk, flush=flush)
+        if aging or self._unflushed_since:
+            self._arm_apply_timer(now)
+        self._hand_over(batch)
+
+    def _crowded(self) -> bool:
+        """Whether what waits for its apply is past APPLY_ENTRIES or APPLY_BYTES."""
+        return self._aging_entries > APPLY_ENTRIES or self._aging_bytes > APPLY_BYTES
+
+    def _hand_over(self, batch: _Batch) -> None:
+        self._inflight += 1
+        with self._cond:
+            self._queue.append(batch)
+            self._cond.notify()
+
+    def _seal_apply(self, chunk: list[Entry], *, flush: bool) -> _Apply:
+        """The apply work of a batch: ``chunk`` into ``entries`` (with the delivery
+        marks folded in), the pending UPDATEs and, on a ``flush``, the mailboxes' and
+        cursors' rows and the deletion of the journal rows that are then redundant."""
+        work = _Apply()
+        settled = self._settled
+        work.rows = [
+            (
+                e.user,
+                e.seq,
+                e.kind,
+                e.peer,
+                e.msg_id,
+                e.body,
+                e.ts,
+                settled.pop((e.user, e.seq), None) if e.kind == "msg" else None,
+            )
+            for e in chunk
+        ]
+        tops: dict[str, int] = {}
+        for e in chunk:
+            tops[e.user] = e.seq
+        boxes = self._boxes
+        for name, top in tops.items():
+            box = boxes[name]
+            box.sealed = top
+            work.tops.append((box, top))
+        work.updates, self._updates = self._updates, []
+        if flush:
+            work.cursors = [(*key, seq, ts) for key, (seq, ts) in self._apply_cursors.items()]
+            work.boxes = [
+                (b.name, b.last_seq, b.acked_seq, b.messages, b.delivered)
+                for b in self._apply_boxes.values()
+            ]
+            # Every journal row before the oldest batch still waiting is redundant now.
+            aging = self._aging
+            work.journal_upto = aging[0][1] - 1 if aging else self._journal_id
+            self._apply_cursors = {}
+            self._apply_boxes = {}
+            self._unflushed_since = 0.0
+        return work
+
+    def _arm_apply_timer(self, now: float) -> None:
+        """Makes sure a quiet store still applies and flushes what it holds."""
+        if self._apply_timer is not None or self._loop is None:
+            return
+        when = now + FLUSH_AFTER
+        if self._aging:
+            when = min(when, self._aging[0][0] + self._apply_age)
+        if self._unflushed_since:
+            when = min(when, self._unflushed_since + FLUSH_AFTER)
+        self._apply_timer = self._loop.call_later(max(0.001, when - now), self._apply_due)
+
+    def _apply_due(self) -> None:
+        self._apply_timer = None
+        if self._closed or self._failed is not None:
+            return
+        if not self._inflight and not self._seal_soon:
+            self._seal()  # (while a batch is in flight, its commit seals the next)
+        if self._apply_timer is None and (self._aging or self._unflushed_since):
+            self._arm_apply_timer(time.monotonic())
+
+    def _committed(self, batch: _Batch) -> None:
+        """On the loop: ``batch`` is durable (or failed); tell everyone who waits."""
+        self._inflight -= 1
+        error = batch.error
+        if error is None:
+            for box, top in batch.tops:
+                if top > box.durable:
+                    box.durable = top
+            work = batch.apply
+            if work is not None:
+                self.apply_count += 1
+                for box, top in work.tops:
+                    if top > box.durable:
+                        box.durable = top
+                    if top > box.applied:
+                        del box.tail[: top - box.applied]
+                        box.applied = top
+                self._forget_ids()
+        self._finish(batch, error)
+        if error is not None:
+            # What was staged after this batch assumed it: it cannot be committed.
+            rest, self._open = self._open, _Batch()
+            rest.waiters, self._force_apply = self._force_apply, []
+            self._finish(rest, error)
+        elif not self._inflight and not self._seal_soon:
+            self._seal_next()  # what was staged meanwhile, or apply work now due
+
+    def _finish(self, batch: _Batch, error: StoreError | None) -> None:
+        """Answers ``batch``'s requests, callbacks and apply waiters."""
+        batch.finished = True
+        batch.error = error
+        self._pending -= batch.ops
+        if error is not None:
+            waiters, self._room_waiters = self._room_waiters, collections.deque()
+            for turn in waiters:
+                if not turn.done():
+                    turn.set_exception(_clone(error))
+        else:
+            self._wake()
+        for req in batch.requests:
             future = req.future
             if future.done():  # the caller was cancelled; the write happened anyway
                 continue
-            if req.error is not None:
-                future.set_exception(_clone(req.error))
+            failure = error or req.error
+            if failure is not None:
+                future.set_exception(_clone(failure))
             else:
                 future.set_result(req.result)
+        for done in batch.done:
+            try:
+                done(error)
+            except Exception:
+                logger.exception("a store callback failed")
+        for waiter in batch.waiters:
+            if waiter.done():
+                continue
+            if error is not None:
+                waiter.set_exception(_clone(error))
+            else:
+                waiter.set_result(None)
 
-    async def _write(self, fn: Callable[[_Txn], T], message: NewMessage | None = None) -> T:
-        self._check_usable()
-        assert self._room is not None
-        if self._failed is not None:
-            raise _clone(self._failed)
-        while self._pending >= MAX_PENDING_WRITES:
-            self._room.clear()
-            await self._room.wait()
-        # Cancelling the caller from here on does not cancel the write: it is queued
-        # and will be committed; resending is safe because sends are idempotent.
-        return await self._submit(fn, message)
+    def _forget_ids(self) -> None:
+        """Forgets the oldest applied message ids past RECENT_IDS (see the module doc)."""
+        ids, order = self._ids, self._id_order
+        if len(ids) <= RECENT_IDS:
+            return
+        boxes = self._boxes
+        far = int(time.time() * 1000) + _FUTURE_SLACK_MS
+        while len(ids) > RECENT_IDS:
+            key = order[0]
+            where = ids[key]
+            box = boxes.get(where[0])
+            if box is not None and where[1] > box.applied:
+                break  # not in the tables yet: a lookup would not find it
+            order.popleft()
+            del ids[key]
+            stamp = _id_time(key[1])
+            if stamp > far:
+                # A clock far ahead: keep the id apart instead of raising the horizon
+                # there. Past a tenth of RECENT_IDS of those, give up and raise it.
+                self._far_ids[key] = where
+                if len(self._far_ids) > RECENT_IDS // 10:
+                    top = max(_id_time(k[1]) for k in self._far_ids)
+                    self._horizon = max(self._horizon, top + 1)
+                    self._far_ids.clear()
+            elif stamp >= self._horizon:
+                self._horizon = stamp + 1
 
-    def _submit(
-        self, fn: Callable[[_Txn], T], message: NewMessage | None = None
-    ) -> asyncio.Future[T]:
-        assert self._loop is not None
-        self._pending += 1
-        future: asyncio.Future[T] = self._loop.create_future()
-        # deque.append is atomic; the lock is taken only to wake a writer that sleeps.
-        # (The writer sets _idle under the lock *before* it looks at the queue, so an
-        # append it did not see is always followed by a notify it will get.)
-        self._queue.append(_Request(fn, future, message))
-        if self._idle:
-            with self._cond:
-                self._cond.notify()
-        return future
+    # -- the loop side: staging -----------------------------------------------
 
-    def submit_message(self, message: NewMessage) -> asyncio.Future[Stored] | None:
-        """:meth:`store_message` without a coroutine, for the hub's hot path.
+    def _can_stage(self) -> bool:
+        return (
+            self._failed is None
+            and not self._closed
+            and self._writer is not None
+            and self._pending < MAX_PENDING_WRITES
+        )
 
-        Queues the message at once and returns the future of its :class:`Stored`, or
-        None when the store cannot take it now (the queue is full, or the store is
-        closed or failed): then await :meth:`store_message`, which waits or raises.
+    def _takes_now(self) -> bool:
+        """Whether a write can be staged now, ahead of nobody who waits for room."""
+        return not self._waiting and self._can_stage()
+
+    def _box(self, name: str) -> _Box:
+        box = self._boxes.get(name)
+        if box is None:
+            assert self._lconn is not None
+            with _translated(self.path):
+                row = self._lconn.execute(_LOAD_BOX, (name,)).fetchone()
+            last, acked, messages, delivered = row if row else (0, 0, 0, 0)
+            box = _Box(name, last, acked, messages, delivered, last, last, last)
+            self._boxes[name] = box
+        return box
+
+    def _append(
+        self,
+        batch: _Batch,
+        box: _Box,
+        kind: EntryKind,
+        peer: str,
+        msg_id: bytes,
+        body: str,
+        ts: int,
+    ) -> Entry:
+        seq = box.last_seq = box.last_seq + 1
+        entry = Entry(box.name, seq, kind, peer, msg_id, body, ts)
+        box.tail.append(entry)
+        batch.entries.append(entry)
+        batch.boxes[box.name] = box
+        if not self._unflushed_since:
+            self._unflushed_since = time.monotonic()
+        self._apply_boxes[box.name] = box
+        return entry
+
+    def _find(self, sender: str, msg_id: bytes) -> Entry | None:
+        """The stored message ``(sender, msg_id)``, or None (see the module doc)."""
+        key = (sender, msg_id)
+        where = self._ids.get(key)
+        if where is None and self._far_ids:
+            where = self._far_ids.get(key)
+        if where is not None:
+            box = self._box(where[0])
+            if where[1] > box.applied:
+                return box.tail[where[1] - box.applied - 1]
+        elif _id_time(msg_id) >= self._horizon:
+            return None
+        assert self._lconn is not None
+        with _translated(self.path):
+            row = self._lconn.execute(_FIND_MESSAGE, (msg_id, sender)).fetchone()
+        if row is None:
+            return None
+        return Entry(row[0], row[1], "msg", sender, msg_id, row[2], row[3])
+
+    def stage_message(self, message: NewMessage) -> Stored | None:
+        """Stages ``message`` and returns where it goes, without waiting (the hub's
+        hot path); call :meth:`when_durable` before telling anyone.
+
+        Returns:
+            Its :class:`Stored` (the original entry for a resent id), or None when the
+            store cannot take it now (full, closed or failed): then await
+            :meth:`store_message`, which waits or raises.
+
+        Raises:
+            ValueError: the message id is not 16 bytes.
+            StoreError: the database could not be read.
         """
         if not self._takes_now():
             return None
-        validate_batch((message,))
-        return self._submit(lambda txn: _apply_store(txn, message), message)
+        return self._stage_message(message)
 
-    def submit_ack(
-        self, user: str, device: str, upto: int, ts: int
-    ) -> asyncio.Future[list[Entry]] | None:
-        """:meth:`ack` without a coroutine, for the hub's hot path (see :meth:`submit_message`)."""
+    def _stage_message(self, message: NewMessage) -> Stored:
+        if len(message.msg_id) != 16:
+            validate_batch((message,))
+        batch = self._open
+        original = self._find(message.sender, message.msg_id)
+        batch.ops += 1
+        self._pending += 1
+        if original is not None:
+            self._stage_soon(batch)
+            return Stored(
+                original,
+                duplicate=True,
+                delivered=original.seq <= self._box(original.user).acked_seq,
+            )
+        box = self._box(message.recipient)
+        box.messages += 1
+        batch.bytes += len(message.body)
+        entry = self._append(
+            batch, box, "msg", message.sender, message.msg_id, message.body, message.ts
+        )
+        key = (message.sender, message.msg_id)
+        self._ids[key] = (box.name, entry.seq)
+        self._id_order.append(key)
+        self._stage_soon(batch)
+        return Stored(entry)
+
+    def stage_ack(self, user: str, device: str, upto: int, ts: int) -> list[Entry] | None:
+        """Stages an ack (see :meth:`ack`) without waiting; returns the receipts it
+        makes, or None when the store cannot take it now (as :meth:`stage_message`).
+
+        Raises:
+            StoreError: the database could not be read.
+        """
         if not self._takes_now():
             return None
-        return self._submit(lambda txn: _apply_ack(txn, user, device, upto, ts))
+        return self._stage_ack(user, device, upto, ts)
 
-    def _takes_now(self) -> bool:
-        """Whether a write can be queued without waiting (the ``submit_*`` methods)."""
-        return not self._closed and self._failed is None and self._pending < MAX_PENDING_WRITES
+    def _stage_ack(self, user: str, device: str, upto: int, ts: int) -> list[Entry]:
+        batch = self._open
+        box = self._box(user)
+        upto = max(0, min(upto, box.last_seq))
+        key = (user, device)
+        old = batch.cursors.get(key)
+        batch.cursors[key] = (upto if old is None or upto > old[0] else old[0], ts)
+        old = self._apply_cursors.get(key)
+        self._apply_cursors[key] = (upto if old is None or upto > old[0] else old[0], ts)
+        if not self._unflushed_since:
+            self._unflushed_since = time.monotonic()
+        batch.ops += 1
+        self._pending += 1
+        receipts: list[Entry] = []
+        start = box.acked_seq
+        if upto > start:
+            if box.messages > box.delivered:
+                receipts = self._deliver(batch, box, start, upto, ts)
+            box.acked_seq = upto
+            batch.boxes[user] = box
+            self._apply_boxes[user] = box
+        self._stage_soon(batch)
+        return receipts
+
+    def _deliver(self, batch: _Batch, box: _Box, start: int, upto: int, ts: int) -> list[Entry]:
+        """Marks the messages in ``(start, upto]`` of ``box`` delivered; makes receipts."""
+        found: list[tuple[int, str, bytes]] = []
+        if start < box.applied:  # the older part is only in the tables
+            assert self._lconn is not None
+            with _translated(self.path):
+                found = self._lconn.execute(
+                    _UNDELIVERED, (box.name, start, min(upto, box.applied))
+                ).fetchall()
+        first = box.applied + 1
+        # (Both bounds clamped: a negative one would count from the end of the tail.)
+        for entry in box.tail[max(0, start + 1 - first) : max(0, upto + 1 - first)]:
+            if entry.kind == "msg":
+                found.append((entry.seq, entry.peer, entry.msg_id))
+        receipts = []
+        name, sealed, settled, updates = box.name, box.sealed, self._settled, self._updates
+        for seq, sender, msg_id in found:
+            mark = (ts, name, seq)
+            batch.marks.append(mark)
+            if seq > sealed:
+                settled[(name, seq)] = ts
+            else:
+                updates.append(mark)
+            receipts.append(self._append(batch, self._box(sender), "receipt", name, msg_id, "", ts))
+        box.delivered += len(found)
+        return receipts
+
+    def when_durable(self, done: _Done) -> None:
+        """Calls ``done(None)`` on the loop once everything staged so far is committed,
+        or ``done(error)`` if it cannot be."""
+        batch = self._last
+        if batch.finished:
+            assert self._loop is not None
+            self._loop.call_soon(done, batch.error)
+        else:
+            batch.done.append(done)
+
+    async def _durable(self) -> None:
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+
+        def done(error: StoreError | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(None)
+
+        self.when_durable(done)
+        await future
+
+    async def _room_now(self) -> None:
+        """Waits until a write can be staged, behind everyone who waited first; the
+        caller must stage at once, with no ``await`` in between."""
+        self._check_usable()
+        if self._failed is not None:
+            raise _clone(self._failed)
+        if self._takes_now():
+            return
+        assert self._loop is not None
+        turn: asyncio.Future[None] = self._loop.create_future()
+        self._room_waiters.append(turn)
+        self._waiting += 1
+        try:
+            await turn
+        except BaseException:
+            self._waiting -= 1
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
+                self._woken -= 1  # woken, then cancelled: pass the turn on
+                self._wake()
+            raise
+        self._waiting -= 1
+        self._woken -= 1
+        self._check_usable()
+
+    def _wake(self) -> None:
+        """Gives waiting writers their turn, first come first served, while there is room."""
+        waiters = self._room_waiters
+        while waiters and self._pending + self._woken < MAX_PENDING_WRITES:
+            turn = waiters.popleft()
+            if not turn.done():  # not cancelled
+                turn.set_result(None)
+                self._woken += 1
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs ``fn`` on the writer's connection in the next group commit (in a
+        savepoint: if it raises, it alone fails) and returns its result once durable."""
+        await self._room_now()
+        assert self._loop is not None
+        future: asyncio.Future[T] = self._loop.create_future()
+        batch = self._open
+        batch.requests.append(_Request(fn, future))
+        batch.ops += 1
+        self._pending += 1
+        self._stage_soon(batch)
+        # Cancelling the caller from here on does not cancel the write.
+        return await future
+
+    async def _apply_now(self) -> None:
+        """Applies the journal to the tables now and waits until that is committed."""
+        self._check_usable()
+        if self._failed is not None:
+            raise _clone(self._failed)
+        if not (self._unflushed_since or self._aging or self._inflight or self._open.ops):
+            return
+        assert self._loop is not None
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._force_apply.append(waiter)
+        if not self._inflight:
+            self._seal()
+        await waiter
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_usable()
@@ -859,7 +1435,16 @@ class SqliteStore:
 
     async def create_user(self, name: str, password_hash: str, created: int) -> bool:
         """Creates an account. Returns False when the name is taken (nothing changes)."""
-        return await self._write(lambda txn: _apply_create_user(txn, name, password_hash, created))
+
+        def write(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT INTO users (name, password_hash, created) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, password_hash, created),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(write)
 
     async def get_user(self, name: str) -> User | None:
         """Returns the account, or None."""
@@ -875,7 +1460,7 @@ class SqliteStore:
     async def set_password(self, name: str, password_hash: str) -> None:
         """Replaces a password hash (nothing happens for an unknown user)."""
         sql = "UPDATE users SET password_hash = ? WHERE name = ?"
-        await self._write(lambda txn: _apply_sql(txn, sql, (password_hash, name)))
+        await self._write(lambda conn: conn.execute(sql, (password_hash, name)))
 
     async def save_token(self, token_hash: bytes, user: str, device: str, expires: int) -> None:
         """Records a session token (only its hash) for ``user``'s ``device``.
@@ -883,7 +1468,17 @@ class SqliteStore:
         Raises:
             StoreError: ``user`` has no account.
         """
-        await self._write(lambda txn: _apply_save_token(txn, token_hash, user, device, expires))
+
+        def write(conn: sqlite3.Connection) -> None:
+            _require_users(conn, user)
+            conn.execute(
+                "INSERT INTO tokens (token_hash, user, device, expires) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (token_hash) DO UPDATE SET"
+                " user = excluded.user, device = excluded.device, expires = excluded.expires",
+                (token_hash, user, device, expires),
+            )
+
+        await self._write(write)
 
     async def token_owner(self, token_hash: bytes, now: int) -> tuple[str, str] | None:
         """Returns ``(user, device)`` of a token that expires after ``now``, or None."""
@@ -900,7 +1495,7 @@ class SqliteStore:
     async def delete_token(self, token_hash: bytes) -> None:
         """Forgets a token (logout)."""
         sql = "DELETE FROM tokens WHERE token_hash = ?"
-        await self._write(lambda txn: _apply_sql(txn, sql, (token_hash,)))
+        await self._write(lambda conn: conn.execute(sql, (token_hash,)))
 
     # -- contacts -------------------------------------------------------------
 
@@ -910,12 +1505,21 @@ class SqliteStore:
         Raises:
             StoreError: ``owner`` or ``contact`` has no account.
         """
-        return await self._write(lambda txn: _apply_add_contact(txn, owner, contact))
+
+        def write(conn: sqlite3.Connection) -> bool:
+            _require_users(conn, owner, contact)
+            cur = conn.execute(
+                "INSERT INTO contacts (owner, contact) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (owner, contact),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(write)
 
     async def remove_contact(self, owner: str, contact: str) -> bool:
         """Removes ``contact`` from ``owner``'s list. Returns False if it was not there."""
         sql = "DELETE FROM contacts WHERE owner = ? AND contact = ?"
-        return await self._write(lambda txn: _apply_sql(txn, sql, (owner, contact)) == 1)
+        return await self._write(lambda conn: conn.execute(sql, (owner, contact)).rowcount == 1)
 
     async def contacts(self, owner: str) -> list[str]:
         """Returns ``owner``'s contacts, sorted."""
@@ -934,37 +1538,17 @@ class SqliteStore:
 
         Returns only after the transaction holding it is committed (fsync'd under
         ``synchronous=FULL``). A resent ``(sender, msg_id)`` returns the original entry
-        with ``duplicate=True``.
+        with ``duplicate=True``. Cancelling the call does not cancel the write.
 
         Raises:
             ValueError: the message id is not 16 bytes.
             StoreError: the database failed.
         """
         validate_batch((message,))
-        return await self._write(lambda txn: _apply_store(txn, message), message)
-
-    async def fetch(self, user: str, after: int, limit: int) -> list[Entry]:
-        """Returns up to ``limit`` entries of ``user``'s mailbox with ``seq > after``, in order."""
-        sql = (
-            "SELECT seq, kind, peer, msg_id, body, ts FROM entries"
-            " WHERE mailbox = ? AND seq > ? ORDER BY seq LIMIT ?"
-        )
-        return await self._read(
-            lambda conn: [
-                Entry(user, r[0], r[1], r[2], r[3], r[4], r[5])
-                for r in conn.execute(sql, (user, after, max(0, limit)))
-            ]
-        )
-
-    async def last_seq(self, user: str) -> int:
-        """Returns the highest sequence number in ``user``'s mailbox (0 when empty)."""
-
-        def read(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT last_seq FROM mailboxes WHERE mailbox = ?", (user,))
-            found = row.fetchone()
-            return int(found[0]) if found else 0
-
-        return await self._read(read)
+        await self._room_now()
+        stored = self._stage_message(message)
+        await self._durable()
+        return stored
 
     async def ack(self, user: str, device: str, upto: int, ts: int) -> list[Entry]:
         """Records that ``user``'s ``device`` holds every entry up to ``upto``, durably.
@@ -977,20 +1561,78 @@ class SqliteStore:
         Returns:
             The receipt entries created, in the order of the acked messages.
         """
-        return await self._write(lambda txn: _apply_ack(txn, user, device, upto, ts))
+        await self._room_now()
+        receipts = self._stage_ack(user, device, upto, ts)
+        await self._durable()
+        return receipts
+
+    async def fetch(self, user: str, after: int, limit: int) -> list[Entry]:
+        """Returns up to ``limit`` committed entries of ``user``'s mailbox with
+        ``seq > after``, in order: from memory what is not in the tables yet, the rest
+        from the tables."""
+        self._check_usable()
+        out: list[Entry] = []
+        limit = max(0, limit)
+        while len(out) < limit:
+            box = self._boxes.get(user)
+            if box is not None and after >= box.applied:
+                first = box.applied + 1
+                for entry in box.tail[after + 1 - first : after + 1 - first + limit - len(out)]:
+                    if entry.seq > box.durable:
+                        break
+                    out.append(entry)
+                break
+            want = limit - len(out)
+
+            def read(conn: sqlite3.Connection, a: int = after, n: int = want) -> list[Entry]:
+                return [
+                    Entry(user, r[0], r[1], r[2], r[3], r[4], r[5])
+                    for r in conn.execute(_FETCH, (user, a, n))
+                ]
+
+            rows = await self._read(read)
+            out.extend(rows)
+            if rows:
+                after = rows[-1].seq
+            if len(rows) < want:
+                box = self._boxes.get(user)
+                if box is None or after >= box.durable:
+                    break
+                # The rest is in memory, or was applied while we read: look again.
+        return out
+
+    async def last_seq(self, user: str) -> int:
+        """Returns the highest committed sequence number in ``user``'s mailbox (0 when
+        empty)."""
+        self._check_usable()
+        box = self._boxes.get(user)
+        if box is not None:
+            return box.durable
+
+        def read(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT last_seq FROM mailboxes WHERE mailbox = ?", (user,))
+            found = row.fetchone()
+            return int(found[0]) if found else 0
+
+        value = await self._read(read)
+        box = self._boxes.get(user)  # read in while we waited?
+        return box.durable if box is not None else value
 
     async def history(self, user: str, peer: str, before: int | None, limit: int) -> list[Entry]:
         """Returns up to ``limit`` messages between ``user`` and ``peer``, newest last.
 
-        Each direction walks one mailbox backwards on its (mailbox, seq) index and
-        stops at ``limit`` matches (there is no history index to keep up on every
-        message: migration 3); a mailbox's ``ts`` grows with its ``seq``, as the hub
-        stamps messages in the order it stores them. The two directions are merged by
-        time.
+        The journal is applied first. Each direction then walks one mailbox backwards
+        on its (mailbox, seq) index and stops at ``limit`` matches (there is no
+        history index to keep up on every message: migration 3); a mailbox's ``ts``
+        grows with its ``seq``, as the hub stamps messages in the order it stores
+        them. The two directions are merged by time.
         """
         bound = (1 << 62) if before is None else before
         limit = max(0, limit)
+        if not limit:
+            return []
         directions = [(user, peer)] if user == peer else [(user, peer), (peer, user)]
+        await self._apply_now()
 
         def read(conn: sqlite3.Connection) -> list[Entry]:
             conn.execute("BEGIN")  # one snapshot for both directions
@@ -1005,10 +1647,12 @@ class SqliteStore:
             rows.sort(key=lambda r: (r[6], r[0]))
             return [Entry(r[1], r[2], "msg", r[3], r[4], r[5], r[6]) for r in rows[-limit:]]
 
-        return await self._read(read) if limit else []
+        return await self._read(read)
 
     async def stats(self) -> StoreStats:
-        """Returns counts for metrics (kept as counters, so cheap at any size)."""
+        """Returns counts for metrics (the journal is applied first; the counts are
+        kept as counters, so cheap at any size)."""
+        await self._apply_now()
 
         def read(conn: sqlite3.Connection) -> StoreStats:
             conn.execute("BEGIN")  # one snapshot for both counts
@@ -1022,3 +1666,9 @@ class SqliteStore:
             return StoreStats(int(users), int(messages), int(delivered))
 
         return await self._read(read)
+
+
+def _require_users(conn: sqlite3.Connection, *names: str) -> None:
+    for name in names:
+        if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
+            raise _Refused(f"no such user: {name!r}")
