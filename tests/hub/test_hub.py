@@ -17,6 +17,7 @@ from duplex.client import (
     PresenceChanged,
 )
 from duplex.errors import AuthError, RemoteError, StoreError
+from duplex.hub.core import LiveSession
 from duplex.store.base import Entry
 from duplex.testing.clients import EventLog, new_client, wait_for_event
 from duplex.testing.hubs import hub_test_config, running_hub
@@ -466,3 +467,54 @@ def test_a_failed_ack_write_is_retried_by_the_next_ack(
     with caplog.at_level("ERROR", logger="duplex.hub"):
         run(scenario())
     assert "writing an ack of bob failed: disk on fire" in caplog.text
+
+
+def test_receipts_are_acked_later_and_messages_at_once(tmp_path: Path) -> None:
+    """A message is acked as soon as it is in the local history (its sender waits for
+    "delivered"); a receipt only moves the cursor, so it is acked within
+    RECEIPT_ACK_DELAY, cumulatively, or at once when the client closes."""
+    from duplex.client.core import RECEIPT_ACK_DELAY
+
+    async def scenario() -> None:
+        async with running_hub(hub_test_config(tmp_path)) as hub:
+            bob = await new_client(hub.address, "bob")
+            alice = await new_client(hub.address, "alice")
+
+            def session(user: str) -> LiveSession:
+                (live,) = hub.hub.by_user[user].values()
+                return live
+
+            try:
+                msg_id = await alice.send("bob", "hi")
+                await wait_for_event(
+                    alice, MessageStateChanged, lambda e: e.id == msg_id and e.state == "delivered"
+                )
+                assert session("bob").acked == 1
+                # alice holds her receipt (seq 1 of her mailbox) but has not acked it yet
+                # (an ack sent at once would have reached the hub by now).
+                await asyncio.sleep(RECEIPT_ACK_DELAY / 4)
+                assert session("alice").cursor == 1
+                assert session("alice").acked == 0
+                for _ in range(100):
+                    if session("alice").acked == 1:
+                        break
+                    await asyncio.sleep(RECEIPT_ACK_DELAY / 10)
+                assert session("alice").acked == 1
+                # A receipt still unacked when the client closes is acked on the way out.
+                second = await alice.send("bob", "bye")
+                await wait_for_event(
+                    alice, MessageStateChanged, lambda e: e.id == second and e.state == "delivered"
+                )
+                live = session("alice")
+                assert live.acked == 1
+                await alice.close()
+                for _ in range(100):
+                    if live.acked == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert live.acked == 2
+            finally:
+                await alice.close()
+                await bob.close()
+
+    run(scenario())
