@@ -5,10 +5,11 @@ Two kinds of damage to a store that holds acknowledged messages:
 
 * the database file truncated (a full disk, a bad copy): SQLite's own checks or
   ``PRAGMA quick_check`` find it;
-* one flipped byte in the write-ahead log after a crash: SQLite drops that commit and
-  every later one *silently*, and the database passes every check; the store's
-  high-water mark (``duplex.db.hwm``) is what notices the history is shorter than what
-  was acknowledged.
+* one flipped byte in a write-ahead log after a crash (the database's, or that of the
+  journal beside it, ``duplex.db.log``, where every message is committed first):
+  SQLite drops that commit and every later one *silently*, and the file passes every
+  check; the store's high-water mark (``duplex.db.hwm``) is what notices the history
+  is shorter than what was acknowledged.
 
 In both cases the hub process must exit non-zero before it listens, print a single
 ``Error: ...`` line that says what is wrong and what to do, and no traceback.
@@ -71,9 +72,9 @@ def truncate(data: Path) -> None:
         fh.truncate(size // 2)
 
 
-def flip_in_last_wal_frame(data: Path) -> None:
+def flip_in_last_wal_frame(data: Path, wal_name: str = "duplex.db-wal") -> None:
     """Flips one byte in the page image of the log's last frame (its checksum fails)."""
-    wal = data / "duplex.db-wal"
+    wal = data / wal_name
     raw = bytearray(wal.read_bytes())
     page = int.from_bytes(raw[8:12], "big")  # WAL header: page size at offset 8
     frame = 24 + page  # a 24-byte frame header, then the page
@@ -83,13 +84,19 @@ def flip_in_last_wal_frame(data: Path) -> None:
     wal.write_bytes(bytes(raw))
 
 
+def flip_in_last_journal_frame(data: Path) -> None:
+    """The same in the journal's own log, where every message is committed first."""
+    flip_in_last_wal_frame(data, "duplex.db.log-wal")
+
+
 @pytest.mark.parametrize(
     ("damage", "stop", "reason"),
     [
         (truncate, signal.SIGTERM, r"damaged|integrity check"),
         (flip_in_last_wal_frame, signal.SIGKILL, r"history is shorter than what was acknowledged"),
+        (flip_in_last_journal_frame, signal.SIGKILL, r"journal's history is shorter"),
     ],
-    ids=["truncated database", "flipped byte in the WAL"],
+    ids=["truncated database", "flipped byte in the WAL", "flipped byte in the journal's WAL"],
 )
 def test_a_damaged_store_is_refused_at_start(
     tmp_path: Path, damage: object, stop: int, reason: str

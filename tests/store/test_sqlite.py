@@ -73,8 +73,8 @@ def test_group_commit_batches(tmp_path: Path) -> None:
 def test_one_commit_per_request_when_max_batch_is_1(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "hub.db", synchronous="NORMAL", max_batch=1)
     _run(store, lambda s: _flood(s, 50))
-    # And one more at close, which applies the journal to the tables.
-    assert (store.commit_count, store.write_count, store.apply_count) == (51, 50, 1)
+    # And two more at close: one applies the journal to the tables, one empties it.
+    assert (store.commit_count, store.write_count, store.apply_count) == (52, 50, 1)
 
 
 def test_cancelled_callers_do_not_leak_or_lose(tmp_path: Path) -> None:
@@ -190,7 +190,7 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
 
 
 def test_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
-    """A database made before migrations 2 to 4 keeps its messages, dedupe, receipts
+    """A database made before migrations 2 and 3 keeps its messages, dedupe, receipts
     and history."""
     from duplex.store.migrate import SCHEMA_VERSION_DDL
 
@@ -225,9 +225,11 @@ def test_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
         versions = [v[0] for v in conn.execute("SELECT version FROM schema_version")]
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='index'")}
         columns = [r[2] for r in conn.execute("PRAGMA index_info(entries_msg_id)")]
-        journal = conn.execute("SELECT count(*) FROM journal").fetchone()[0]
     conn.close()
-    assert versions == [1, 2, 3, 4]
+    with sqlite3.connect(f"{db}.log") as log:
+        journal = log.execute("SELECT count(*) FROM journal").fetchone()[0]
+    log.close()
+    assert versions == [1, 2, 3]
     assert "entries_receipt" not in indexes and "entries_history" not in indexes
     assert columns == ["msg_id", "peer"]
     assert journal == 0  # applied at close
@@ -282,12 +284,14 @@ def test_a_group_commit_appends_to_the_message_id_index(tmp_path: Path) -> None:
             await asyncio.gather(
                 *(store.store_message(NewMessage(s, "bob", uuid7_like(), "x", 1)) for s in senders)
             )
-        assert store._wconn is not None
-        store._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await store._apply_now()  # the table writer is idle now
+        assert store._tconn is not None
+        store._tconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         commits = store.commit_count
         await asyncio.gather(
             *(store.store_message(NewMessage(s, "bob", uuid7_like(), "x", 2)) for s in senders)
         )
+        await store._apply_now()
         assert store.commit_count - commits <= 3
         wal = (tmp_path / "hub.db-wal").read_bytes()
         with sqlite3.connect(tmp_path / "hub.db") as conn:
@@ -306,7 +310,7 @@ def test_a_group_commit_appends_to_the_message_id_index(tmp_path: Path) -> None:
         # Measured: 36 of 35 leaves (and a parent) before, 6 now.
         assert touched <= 8, (touched, leaves)
 
-    _run(SqliteStore(tmp_path / "hub.db", synchronous="NORMAL", apply_age=0), body)
+    _run(SqliteStore(tmp_path / "hub.db", synchronous="NORMAL", apply_after=0), body)
 
 
 def test_an_ack_sees_a_message_of_its_own_batch(tmp_path: Path) -> None:
@@ -325,7 +329,7 @@ def test_an_ack_sees_a_message_of_its_own_batch(tmp_path: Path) -> None:
         ]
         assert store.stage_ack("bob", "laptop", 10**9, 3) == []  # once only
         await store._apply_now()
-        assert store.commit_count == 1  # one batch, applied at once
+        assert store.commit_count == 2  # one batch into the journal, one apply
 
     _run(SqliteStore(tmp_path / "hub.db"), body)
     with sqlite3.connect(tmp_path / "hub.db") as conn:
@@ -345,7 +349,7 @@ def test_a_message_acked_before_its_apply_is_written_once(tmp_path: Path) -> Non
     row of each commit replays both (see test_crash_keeps_every_acked_message)."""
 
     async def body(store: SqliteStore) -> None:
-        conn = store._wconn
+        conn = store._tconn
         assert conn is not None
         updates: list[str] = []
         conn.set_trace_callback(
@@ -435,10 +439,11 @@ def test_not_a_database_refused(tmp_path: Path) -> None:
         asyncio.run(SqliteStore(db).open())
 
 
-def _wal_snapshot(tmp_path: Path, commits: int) -> Path:
-    """A copy of db + WAL + mark taken while the store is open with ``commits`` commits.
+def _wal_snapshot(tmp_path: Path, commits: int, *, apply: bool = False) -> Path:
+    """A copy of both files, their WALs and the mark, taken while the store is open
+    with ``commits`` commits in the journal (and, with ``apply``, applied).
 
-    This is what a crash leaves: the log holds every commit not yet checkpointed.
+    This is what a crash leaves: each log holds every commit not yet checkpointed.
     """
     src = tmp_path / "live" / "hub.db"
     dst = tmp_path / "copy" / "hub.db"
@@ -447,7 +452,9 @@ def _wal_snapshot(tmp_path: Path, commits: int) -> Path:
     async def body(store: SqliteStore) -> None:
         for i in range(commits):
             await store.store_message(NewMessage("alice", "bob", new_id(), f"m{i}", i))
-        for suffix in ("", "-wal", ".hwm"):
+        if apply:
+            await store._apply_now()
+        for suffix in ("", "-wal", ".log", ".log-wal", ".hwm"):
             shutil.copyfile(f"{src}{suffix}", f"{dst}{suffix}")
 
     _run(SqliteStore(src), body)
@@ -469,22 +476,31 @@ def test_wal_snapshot_without_damage_opens(tmp_path: Path) -> None:
 
     async def body(store: SqliteStore) -> None:
         assert await store.last_seq("bob") == 10
+        assert [e.body for e in await store.fetch("bob", 0, 20)] == [f"m{i}" for i in range(10)]
 
     _run(SqliteStore(db), body)
 
 
-def test_flipped_byte_in_wal_is_a_shortened_history(tmp_path: Path) -> None:
-    db = _wal_snapshot(tmp_path, 10)
-    _flip_in_last_wal_frame(Path(f"{db}-wal"))
+# The journal's file takes every message first; the database's takes each apply.
+_DAMAGED = {"journal": (".log-wal", False), "database": ("-wal", True)}
+
+
+@pytest.mark.parametrize("damaged", _DAMAGED)
+def test_flipped_byte_in_wal_is_a_shortened_history(tmp_path: Path, damaged: str) -> None:
+    suffix, apply = _DAMAGED[damaged]
+    db = _wal_snapshot(tmp_path, 10, apply=apply)
+    _flip_in_last_wal_frame(Path(f"{db}{suffix}"))
     # SQLite itself sees nothing wrong: the damaged commit is silently gone.
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{str(db) + suffix.removesuffix('-wal')}?mode=ro", uri=True)
     try:
         assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-        assert conn.execute("SELECT count(*) FROM journal").fetchone()[0] == 9  # of 10 commits
+        if damaged == "journal":
+            assert conn.execute("SELECT count(*) FROM journal").fetchone()[0] == 9  # of 10
     finally:
         conn.close()
     with pytest.raises(StoreCorrupt, match="history is shorter than what was acknowledged") as info:
         asyncio.run(SqliteStore(db).open())
+    assert f"the {damaged}'s history" in str(info.value)
     assert "delete" in str(info.value) and ".hwm" in str(info.value)
 
 
@@ -492,7 +508,7 @@ def test_shortened_history_only_warned_with_synchronous_normal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     db = _wal_snapshot(tmp_path, 10)
-    _flip_in_last_wal_frame(Path(f"{db}-wal"))
+    _flip_in_last_wal_frame(Path(f"{db}.log-wal"))
     with caplog.at_level(logging.WARNING, logger="duplex.store.sqlite"):
         _run(SqliteStore(db, synchronous="NORMAL"), lambda s: None)
     assert "history is shorter" in caplog.text
@@ -610,13 +626,13 @@ def test_staged_sends_and_acks_in_any_order_give_one_receipt_each(
 ) -> None:
     """A model check of the loop-side state: two users send and ack at random (acks
     before, at and past the end, ranges that end below what is applied), with commits,
-    applies of every age and the writer racing them. Every message gets exactly one
+    applies after any delay and the writers racing them. Every message gets exactly one
     receipt; the tables agree with the counters at the end.
 
     (It found a tail slice that counted from the end when an ack stopped below the
     applied part: one message receipted twice, another never.)"""
     rnd = random.Random(seed)
-    apply_age = (0.0, 0.001, 0.01)[seed % 3]
+    apply_after = (0.0, 0.001, 0.01)[seed % 3]
 
     async def body(store: SqliteStore) -> None:
         users = ("alice", "bob")
@@ -647,7 +663,7 @@ def test_staged_sends_and_acks_in_any_order_give_one_receipt_each(
         stats = await store.stats()
         assert stats.messages == stats.delivered == len(sent)
 
-    _run(SqliteStore(tmp_path / "hub.db", synchronous="NORMAL", apply_age=apply_age), body)
+    _run(SqliteStore(tmp_path / "hub.db", synchronous="NORMAL", apply_after=apply_after), body)
     with sqlite3.connect(tmp_path / "hub.db") as conn:
         undelivered = conn.execute(
             "SELECT count(*) FROM entries WHERE kind = 'msg' AND delivered IS NULL"

@@ -1,5 +1,5 @@
-"""The embedded store: SQLite in WAL mode, mailboxes kept by the event loop, one
-journal row per group commit, applied to the tables in bulk.
+"""The embedded store: SQLite in WAL mode. The event loop keeps the mailboxes; one
+thread commits each batch to a journal, another applies the journal to the tables.
 
 Who does what
 -------------
@@ -7,20 +7,37 @@ What a messenger asks of its store on every message is small: give the message t
 next number of its recipient's mailbox, tell whether its id was stored before, and,
 when the recipient acks, mark a range of its mailbox delivered and append a receipt to
 each sender's mailbox. Done as SQL statements by a writer thread, one relayed message
-cost the hub about 90 us of CPU there (lookups, inserts and updates in three
+cost the hub about 80 us of CPU there (lookups, inserts and updates in three
 transactions, plus a future, a coroutine step and a thread hop per request): half of
 the hub, whose other half is the network.
 
 So the **event loop** keeps the state of the mailboxes in use in memory (last and
 acked sequence, counters, and the entries not yet in the tables) and answers those
 questions itself, in a few microseconds (:meth:`SqliteStore.stage_message`,
-:meth:`SqliteStore.stage_ack`). What it stages joins the *open batch*. The **writer
-thread** only makes batches durable: one transaction each, with whatever SQL the rare
-account, token and contact changes need. The answers exist at once, but nobody is told
-them until their batch is committed: the hub registers what to do then with
-:meth:`SqliteStore.when_durable`, and the async methods (:meth:`~SqliteStore.store_message`,
-:meth:`~SqliteStore.ack`, ...) wait for it. A mailbox not in memory is read in with
-one indexed query on the loop's own read connection the first time it is touched.
+:meth:`SqliteStore.stage_ack`). What it stages joins the *open batch*. The answers
+exist at once, but nobody is told them until their batch is durable: the hub
+registers what to do then with :meth:`SqliteStore.when_durable`, and the async methods
+(:meth:`~SqliteStore.store_message`, :meth:`~SqliteStore.ack`, ...) wait for it. A
+mailbox not in memory is read in with one indexed query on the loop's own read
+connection the first time it is touched.
+
+Two threads write, each to a file of its own, so neither waits for the other:
+
+* the **journal writer** makes each batch durable as ONE row of the ``journal``
+  table in ``<db>.log``: the batch's new entries, delivered marks, cursors and the
+  new state of the mailboxes it touched, as a MessagePack blob. That is one B-tree
+  insert and a few pages of log per commit, however many messages it carries;
+* the **table writer** applies what the journal holds to the tables of ``<db>``
+  every :data:`APPLY_AFTER` seconds (sooner past :data:`APPLY_ENTRIES` entries or
+  :data:`APPLY_BYTES` bytes), in one transaction with one ``executemany`` per table,
+  and runs the rare account, token and contact changes. By the time an entry is
+  applied its message has nearly always been acked, so it is inserted once, with its
+  delivery time, instead of inserted, updated and answered by a receipt row in three
+  transactions; and a big apply writes each index page it touches once. (Applied
+  with every commit instead, in one file, the entries' index spread each commit over
+  about a hundred pages of log: the writers took 39 us of CPU per relayed message
+  against 21 now, per-thread figures during ``benchmarks/hub_relay.py``.) The next
+  journal commit deletes the rows an apply covered.
 
 Durability and its price
 ------------------------
@@ -33,11 +50,16 @@ cache), but a power cut or kernel crash can lose the last transactions — messa
 hub already acknowledged. With group commit the two cost about the same, which is why
 FULL is the default (``benchmarks/store_commit.py`` gives the figures).
 
+A store opened after a crash replays what the journal holds into the tables before it
+serves anything (:meth:`SqliteStore._recover`), then empties it; an entry already
+applied is skipped, so a crash during recovery only repeats it. A closed store's
+tables are complete and its journal empty.
+
 Group commit
 ------------
 An fsync costs from tens of microseconds to milliseconds whatever it carries, so one
 per message would cap the hub at a few thousand messages per second at best. The loop
-hands the writer one batch at a time: everything staged while the writer committed
+hands the journal writer one batch at a time: everything staged while it committed
 the previous one (and, when it was idle, everything staged in the current turn of the
 event loop, but not sooner than :data:`COMMIT_INTERVAL` after the last handover). So
 the batch grows with the load by itself: a lone message pays one fsync, a thousand
@@ -45,25 +67,7 @@ concurrent ones share one. Staged but not yet durable work is bounded by
 :data:`MAX_PENDING_WRITES` requests: above it the ``stage_*`` methods decline and the
 async methods wait, in order, which is the backpressure the hub passes on.
 
-The journal, and applying it
-----------------------------
-A batch becomes durable as ONE row of the ``journal`` table (migration 4): its new
-entries, delivered marks, cursors and the new state of the mailboxes it touched, as a
-MessagePack blob. That is one B-tree insert and a few pages of log per commit, however
-many messages it carries. The same commit also *applies* the entries that have waited
-:data:`APPLY_AGE` (at most :data:`APPLY_CHUNK` of them): one ``executemany`` into
-``entries``. By then nearly every message has been acked, so it is inserted once, with
-its delivery time, instead of inserted, updated, and answered by a receipt row in
-three transactions; a message acked later is marked with an UPDATE. About once every
-:data:`FLUSH_AFTER` seconds a commit also writes the rows of the mailboxes and cursors
-that changed and deletes the journal rows that are then redundant. Applying in small
-pieces, alongside the journal, keeps a big apply from stalling the commits behind it.
-
-A store opened after a crash replays what the journal holds before it serves anything
-(:meth:`SqliteStore._recover`); an entry already applied is skipped, so the replay is
-idempotent. A closed store's tables are always complete and its journal empty.
-
-If a batch cannot be committed (a failed fsync, a full disk past
+If a batch or an apply cannot be committed (a failed fsync, a full disk past
 :data:`RETRY_FOR` seconds of retries), what the loop staged after it can no longer be
 trusted to match the disk: the store fails every waiting caller and accepts no more
 writes until it is reopened, which recovers from the journal (PostgreSQL reasons the
@@ -73,9 +77,10 @@ naming an unknown user) runs in a savepoint and fails alone.
 Reads
 -----
 Reads of the tables run on a reader thread with its own connection; in WAL mode it
-sees the last committed snapshot and never waits for the writer. ``fetch`` serves the
+sees the last committed snapshot and never waits for a writer. ``fetch`` serves the
 entries not yet applied from memory (only those already durable) and the rest from
-the tables; ``history`` and ``stats`` apply the journal first, then read the tables.
+the tables; ``history`` and ``stats`` wait for an apply of everything staged, then
+read the tables.
 
 Idempotent sends without a read
 -------------------------------
@@ -96,17 +101,18 @@ At :meth:`SqliteStore.open`, ``PRAGMA quick_check`` (structure of every page, O(
 of the file)) must answer ``ok``, and a damaged file (``SQLITE_CORRUPT``,
 ``SQLITE_NOTADB``) is refused with :class:`~duplex.errors.StoreCorrupt`.
 
-That is not enough for the write-ahead log: SQLite ignores a WAL frame whose checksum
+That is not enough for a write-ahead log: SQLite ignores a WAL frame whose checksum
 is wrong *and every frame after it*, silently, so one flipped byte near the end of the
-log makes the last acknowledged commits vanish while the database still passes every
+log makes the last acknowledged commits vanish while the file still passes every
 check. So the store keeps a high-water mark in ``<db>.hwm`` next to the database: the
-number of write transactions committed (also counted in the database, in ``meta``),
-written after each commit (one ``pwrite`` of 96 bytes per group commit, not per
-message) and fsync'd when the writer has been idle for 50 ms and at least once a second under
-sustained load. At open, a database holding fewer commits than the file records — or
-none, or another database's id — is refused with ``StoreCorrupt`` ("history is shorter
-than what was acknowledged") rather than served. Being written after the commit, the
-mark can lag behind the database but never run ahead of it, so it gives no false alarm.
+number of write transactions committed to each file (also counted in each file's
+``meta``), written after each commit (one ``pwrite`` of 96 bytes per commit, not per
+message) and fsync'd when the writers have been idle for 50 ms and at least once a
+second under sustained load. At open, a file holding fewer commits than the mark
+records — or none, or another store's id — is refused with ``StoreCorrupt`` ("history
+is shorter than what was acknowledged") rather than served; so is a journal that
+belongs to another database. Being written after the commit, the mark can lag behind
+the files but never run ahead of them, so it gives no false alarm.
 
 Residual risks: the mark detects lost *trailing* commits, not altered content (SQLite
 keeps no page checksums, so a flipped byte inside a message body in the main file is
@@ -123,6 +129,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import sqlite3
@@ -141,13 +148,11 @@ from duplex.store.base import Entry, EntryKind, NewMessage, Stored, StoreStats, 
 from duplex.store.migrate import SCHEMA_VERSION_DDL, load_migrations
 
 __all__ = [
-    "APPLY_AGE",
+    "APPLY_AFTER",
     "APPLY_BYTES",
-    "APPLY_CHUNK",
     "APPLY_ENTRIES",
     "BUSY_TIMEOUT",
     "COMMIT_INTERVAL",
-    "FLUSH_AFTER",
     "MAX_PENDING_READS",
     "MAX_PENDING_WRITES",
     "RECENT_IDS",
@@ -186,27 +191,19 @@ times a second: at 5,000 messages/s, 90% of a CPU against 72% with 2 ms between
 commits, for 1.2 ms more at the median (``benchmarks/hub_relay.py --rate 5000``).
 A lone message still goes at once: the wait only applies right after a commit."""
 
-APPLY_AGE: Final = 0.1
-"""Seconds an entry waits in the journal before it is written to ``entries``. By then
-nearly every message has been acked, so its row is written once, already delivered."""
+APPLY_AFTER: Final = 0.5
+"""Seconds at most between an entry's journal commit and its apply to the tables. By
+then nearly every message has been acked, so its row is written once, already
+delivered; and an apply of many entries writes each index page it touches once."""
 
-APPLY_CHUNK: Final = 1024
-"""Entries one commit writes to ``entries`` at most: the apply rides along with the
-journal commits in small pieces instead of stalling them (one apply of 4,096 entries
-held the writer for ~40 ms, the p99 of a run)."""
-
-APPLY_ENTRIES: Final = 4096
-"""Entries waiting for their apply past which they are applied whatever their age
-(what the journal may hold in memory): each is held twice (the mailbox's tail and the
-apply's list), about 300 bytes with a short body."""
+APPLY_ENTRIES: Final = 16384
+"""Entries in the journal, not yet in the tables, past which an apply starts at once.
+Each is held in memory until then (the mailbox's tail and the apply's list), about
+300 bytes with a short body."""
 
 APPLY_BYTES: Final = 4 << 20
-"""Message bytes waiting for their apply past which they are applied whatever their
-age: a flood of large messages must not grow the hub by what it stores."""
-
-FLUSH_AFTER: Final = 1.0
-"""Seconds at most between two writes of the mailboxes' and cursors' rows; each such
-flush deletes the journal rows it makes redundant."""
+"""Message bytes in the journal, not yet in the tables, past which an apply starts at
+once: a flood of large messages must not grow the hub by what it stores."""
 
 RECENT_IDS: Final = 100_000
 """Message ids remembered after their apply, for resends found without a read."""
@@ -214,7 +211,8 @@ RECENT_IDS: Final = 100_000
 _FUTURE_SLACK_MS = 60_000  # an id this far ahead of our clock is kept apart, not forgotten
 _HWM_SYNC_INTERVAL = 1.0
 _HWM_IDLE = 0.05
-_HWM_MAGIC = b"duplex-hwm1"
+_HWM_MAGIC = b"duplex-hwm2"  # store id, the tables' and the journal's commits
+_HWM_MAGIC_V1 = b"duplex-hwm1"  # before the journal had a file of its own
 _HWM_SIZE = 96
 _SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
 
@@ -274,13 +272,15 @@ def _id_time(msg_id: bytes) -> int:
     return int.from_bytes(msg_id[:6], "big")
 
 
+def _meta(conn: sqlite3.Connection) -> tuple[str, int]:
+    """A file's ``meta``: its store id and its count of write transactions."""
+    values = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('store_id', 'commits')"))
+    return str(values.get("store_id") or ""), int(values.get("commits") or 0)
+
+
 @dataclasses.dataclass(slots=True, eq=False)
 class _Box:
     """A mailbox as the event loop knows it.
-
-    Sequences, from the oldest: ``applied`` <= ``durable`` <= ``last_seq`` (any order
-    between ``applied`` and ``durable``: an apply may commit entries staged after the
-    last journal commit), and ``sealed`` >= ``applied``.
 
     Attributes:
         name: the mailbox (its user).
@@ -289,10 +289,8 @@ class _Box:
             it is delivered, every one above it is not).
         messages: messages ever stored in it (not receipts).
         delivered: those of them delivered.
-        durable: the highest sequence committed (to the journal or the tables).
-        applied: the highest sequence in the ``entries`` table.
-        sealed: the highest sequence handed to an apply (committed or not): a delivery
-            mark above it is folded into its row, at or below it needs an UPDATE.
+        durable: the highest sequence committed to the journal (``<= last_seq``).
+        applied: the highest sequence in the ``entries`` table (``<= durable``).
         tail: the entries above ``applied``, in order (``tail[0].seq == applied + 1``).
     """
 
@@ -303,12 +301,60 @@ class _Box:
     delivered: int
     durable: int
     applied: int
-    sealed: int
     tail: list[Entry] = dataclasses.field(default_factory=list)
+
+    def state(self) -> tuple[str, int, int, int, int]:
+        """The mailbox's row: (mailbox, last_seq, acked_seq, messages, delivered)."""
+        return (self.name, self.last_seq, self.acked_seq, self.messages, self.delivered)
+
+
+_Done = Callable[[StoreError | None], object]
+
+
+class _Batch:
+    """What was staged between two handovers to the journal writer.
+
+    The loop stages into it (``entries`` ... ``done``); :meth:`SqliteStore._seal`
+    encodes its journal row; the journal writer sets ``error``;
+    :meth:`SqliteStore._journaled` answers everyone and sets ``finished``.
+    """
+
+    __slots__ = (
+        "boxes",
+        "bytes",
+        "cursors",
+        "delete_upto",
+        "done",
+        "entries",
+        "error",
+        "finished",
+        "journal",
+        "journal_id",
+        "marks",
+        "ops",
+        "states",
+        "tops",
+    )
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.marks: list[tuple[int, str, int]] = []
+        self.cursors: dict[tuple[str, str], tuple[int, int]] = {}
+        self.boxes: dict[str, _Box] = {}
+        self.done: list[_Done] = []
+        self.ops = 0
+        self.bytes = 0  # of message bodies
+        self.states: list[tuple[str, int, int, int, int]] = []
+        self.tops: list[tuple[_Box, int]] = []
+        self.journal = b""
+        self.journal_id = 0
+        self.delete_upto = 0
+        self.error: StoreError | None = None
+        self.finished = False
 
 
 class _Request:
-    """A write that needs SQL (accounts, tokens, contacts), run by the writer thread."""
+    """A write that needs SQL (accounts, tokens, contacts), run by the table writer."""
 
     __slots__ = ("error", "fn", "future", "result")
 
@@ -319,65 +365,30 @@ class _Request:
         self.error: BaseException | None = None
 
 
-_Done = Callable[[StoreError | None], object]
-
-
 class _Apply:
-    """What one apply writes to the tables (built by the loop when it seals a batch)."""
+    """What one apply writes to the tables: the journal up to ``journal_upto``."""
 
-    __slots__ = ("boxes", "cursors", "journal_upto", "rows", "tops", "updates")
+    __slots__ = ("boxes", "cursors", "error", "journal_upto", "rows", "tops", "updates", "waiters")
 
     def __init__(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
         self.updates: list[tuple[int, str, int]] = []
         self.cursors: list[tuple[str, str, int, int]] = []
         self.boxes: list[tuple[str, int, int, int, int]] = []
-        self.tops: list[tuple[_Box, int]] = []
+        self.tops: dict[str, int] = {}
         self.journal_upto = 0
-
-
-class _Batch:
-    """What was staged between two handovers to the writer.
-
-    The loop stages into it (``entries`` ... ``done``); :meth:`SqliteStore._seal`
-    decides what the writer writes (``journal`` or ``apply``); the writer sets
-    ``error``; :meth:`SqliteStore._finish` answers everyone and sets ``finished``.
-    """
-
-    __slots__ = (
-        "apply",
-        "boxes",
-        "bytes",
-        "cursors",
-        "done",
-        "entries",
-        "error",
-        "finished",
-        "journal",
-        "journal_id",
-        "marks",
-        "ops",
-        "requests",
-        "tops",
-        "waiters",
-    )
-
-    def __init__(self) -> None:
-        self.entries: list[Entry] = []
-        self.marks: list[tuple[int, str, int]] = []
-        self.cursors: dict[tuple[str, str], tuple[int, int]] = {}
-        self.boxes: dict[str, _Box] = {}
-        self.requests: list[_Request] = []
-        self.done: list[_Done] = []
-        self.ops = 0
-        self.bytes = 0  # of message bodies
-        self.tops: list[tuple[_Box, int]] = []
-        self.journal: bytes | None = None
-        self.journal_id = 0
-        self.apply: _Apply | None = None
         self.error: StoreError | None = None
         self.waiters: list[asyncio.Future[None]] = []
-        self.finished = False
+
+
+class _TableWork:
+    """One transaction of the table writer: requests and at most one apply."""
+
+    __slots__ = ("apply", "requests")
+
+    def __init__(self, requests: list[_Request], apply: _Apply | None) -> None:
+        self.requests = requests
+        self.apply = apply
 
 
 # What one journal row holds: new entries, (ts, mailbox, seq) delivered marks,
@@ -391,6 +402,13 @@ _JournalOps = tuple[
 ]
 _journal_encoder = msgspec.msgpack.Encoder()
 _journal_decoder = msgspec.msgpack.Decoder(_JournalOps)
+
+_LOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES ('store_id', ''), ('commits', 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY, ops BLOB NOT NULL);
+"""
+"""The journal's own file (see the module doc): its rows and its own commit count."""
 
 _INSERT_ENTRY = (
     "INSERT INTO entries (mailbox, seq, kind, peer, msg_id, body, ts, delivered)"
@@ -433,10 +451,16 @@ def _write_ops(
     updates: list[tuple[int, str, int]],
     cursors: list[tuple[str, str, int, int]],
     boxes: list[tuple[str, int, int, int, int]],
+    *,
+    replay: bool = False,
 ) -> None:
-    """Writes entries, delivered marks, cursors and mailbox states to the tables."""
+    """Writes entries, delivered marks, cursors and mailbox states to the tables.
+
+    ``replay``: the entries may be there already (a replayed journal row that an apply
+    covered before the crash): an entry is its (mailbox, seq), so those are skipped.
+    """
     if rows:
-        conn.executemany(_INSERT_ENTRY, rows)
+        conn.executemany(_INSERT_ENTRY.replace("INSERT", "INSERT OR IGNORE", replay), rows)
     if updates:
         conn.executemany(_MARK_DELIVERED, updates)
     if cursors:
@@ -445,40 +469,35 @@ def _write_ops(
         conn.executemany(_UPSERT_BOX, boxes)
 
 
-def _apply_journal(conn: sqlite3.Connection, blob: bytes) -> int:
-    """Writes one journal row's changes to the tables; returns its entry count.
-
-    Its entries may be in ``entries`` already (applied, but the row was not yet
-    deleted): an entry is its (mailbox, seq), so those are skipped.
-    """
+def _replay_journal(conn: sqlite3.Connection, blob: bytes) -> int:
+    """Writes one journal row's changes to the tables; returns its entry count."""
     entries, marks, cursors, boxes = _journal_decoder.decode(blob)
     rows = [(e.user, e.seq, e.kind, e.peer, e.msg_id, e.body, e.ts, None) for e in entries]
-    if rows:
-        conn.executemany(_INSERT_ENTRY.replace("INSERT", "INSERT OR IGNORE", 1), rows)
-    _write_ops(conn, [], marks, cursors, boxes)
+    _write_ops(conn, rows, marks, cursors, boxes, replay=True)
     return len(entries)
 
 
 class SqliteStore:
-    """The :class:`~duplex.store.base.Store` on one SQLite file (see the module doc).
+    """The :class:`~duplex.store.base.Store` on SQLite (see the module doc).
 
     Use it from one event loop, the one that awaited :meth:`open`.
 
     Args:
-        path: the database file; its folder is created if missing. ``<path>.hwm``
-            beside it holds the high-water mark, and SQLite keeps ``<path>-wal`` and
-            ``<path>-shm`` there while the store is open.
+        path: the database file; its folder is created if missing. Beside it,
+            ``<path>.log`` holds the journal (an SQLite file of its own),
+            ``<path>.hwm`` the high-water mark, and SQLite keeps the ``-wal`` and
+            ``-shm`` files of both while the store is open.
         synchronous: ``"FULL"`` (default: fsync before every commit returns),
             ``"EXTRA"``, or ``"NORMAL"`` (faster; can lose the last acknowledged
             transactions on a power cut, never on a process crash).
-        max_batch: the most write requests one transaction takes. The default takes
+        max_batch: the most write requests one journal commit takes. The default takes
             everything staged; 1 gives one commit per request (for benchmarks).
         integrity_check: ``"quick"`` (``PRAGMA quick_check``, default), ``"full"``
             (``PRAGMA integrity_check``, also cross-checks every index: slower) or
             ``"off"``.
-        apply_age: seconds an entry waits in the journal before its apply (see
-            :data:`APPLY_AGE`); 0 writes every entry to the tables in its own commit.
-        commit_interval: seconds at least between the starts of two group commits
+        apply_after: seconds at most between an entry's journal commit and its apply
+            (see :data:`APPLY_AFTER`); 0 applies after every journal commit.
+        commit_interval: seconds at least between the starts of two journal commits
             (see :data:`COMMIT_INTERVAL`); 0 commits as soon as the writer is free.
 
     Raises:
@@ -492,7 +511,7 @@ class SqliteStore:
         synchronous: str = "FULL",
         max_batch: int = MAX_PENDING_WRITES,
         integrity_check: str = "quick",
-        apply_age: float = APPLY_AGE,
+        apply_after: float = APPLY_AFTER,
         commit_interval: float = COMMIT_INTERVAL,
     ) -> None:
         synchronous = synchronous.upper()
@@ -501,66 +520,70 @@ class SqliteStore:
         if integrity_check not in ("quick", "full", "off"):
             raise ValueError(f"integrity_check must be quick, full or off: {integrity_check!r}")
         self.path = Path(path)
+        self.log_path = self.path.with_name(self.path.name + ".log")
         self.hwm_path = self.path.with_name(self.path.name + ".hwm")
         self.synchronous = synchronous
         self._max_batch = max(1, min(max_batch, MAX_PENDING_WRITES))
         self._integrity_check = integrity_check
-        self._apply_age = max(0.0, apply_age)
+        self._apply_after = max(0.0, apply_after)
+        self._commit_interval = max(0.0, commit_interval)
         self.commit_count = 0
-        """Write transactions committed since :meth:`open` (one per group commit)."""
+        """Write transactions committed since :meth:`open`, in either file."""
         self.write_count = 0
         """Write requests committed since :meth:`open` (messages, acks, ...)."""
         self.apply_count = 0
         """Applies of the journal to the tables since :meth:`open`."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wconn: sqlite3.Connection | None = None  # the writer thread's
+        self._tconn: sqlite3.Connection | None = None  # the table writer's
+        self._jconn: sqlite3.Connection | None = None  # the journal writer's
         self._rconn: sqlite3.Connection | None = None  # the reader thread's
         self._lconn: sqlite3.Connection | None = None  # the event loop's point reads
         self._hwm_fd = -1
+        self._hwm_lock = threading.Lock()
         self._store_id = ""
-        self._commits = 0  # the database's total, as in meta
+        self._commits = 0  # the tables' total, as in their meta
+        self._log_commits = 0  # the journal's total, as in its meta
         self._hwm_synced = 0.0
         self._hwm_dirty = False
-        # Loop side.
+        # Loop side: staging.
         self._boxes: dict[str, _Box] = {}
         self._open = _Batch()
         self._last = _Batch()  # the batch that holds the last staged request
         self._last.finished = True
-        self._inflight = 0  # sealed batches not yet committed
+        self._inflight = 0  # journal batches handed over, not yet committed
         self._seal_soon = False
         self._sealed_at = 0.0
-        self._commit_interval = max(0.0, commit_interval)
         self._journal_id = 0  # the last journal row id given out
         self._pending = 0  # write requests staged, not yet durable
         self._waiting = 0  # async callers waiting for room, or woken and not yet staged
         self._woken = 0  # of those, woken
         self._room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        # Sealed batches whose entries wait for their apply: (when, journal id,
-        # entries, body bytes), oldest first, and how many entries and bytes they hold.
-        self._aging: collections.deque[tuple[float, int, list[Entry], int]] = collections.deque()
-        self._aging_entries = 0
-        self._aging_bytes = 0
-        # Delivery marks: on entries not yet handed to an apply (folded into their
-        # rows), and on entries already applied (UPDATEs for the next apply).
-        self._settled: dict[tuple[str, int], int] = {}
-        self._updates: list[tuple[int, str, int]] = []
-        # Since the last flush: cursors and mailboxes changed, and when the first was.
-        self._apply_cursors: dict[tuple[str, str], tuple[int, int]] = {}
-        self._apply_boxes: dict[str, _Box] = {}
-        self._unflushed_since = 0.0
+        # Loop side: what the journal holds and the tables do not yet (see _apply).
+        self._ready_entries: list[Entry] = []
+        self._ready_marks: list[tuple[int, str, int]] = []
+        self._ready_cursors: dict[tuple[str, str], tuple[int, int]] = {}
+        self._ready_boxes: dict[str, tuple[str, int, int, int, int]] = {}
+        self._ready_bytes = 0
+        self._ready_since = 0.0  # 0: nothing ready
+        self._ready_upto = 0  # the newest journal row committed
+        self._applying: _Apply | None = None
+        self._apply_waiters: list[asyncio.Future[None]] = []
         self._apply_timer: asyncio.TimerHandle | None = None
-        self._force_apply: list[asyncio.Future[None]] = []
+        self._deletable = 0  # journal rows up to this one are in the tables
+        self._deleted = 0
+        self._requests: list[_Request] = []  # for the table writer's next transaction
         # Idempotent sends (see the module doc).
         # (sender, id) -> (mailbox, seq): where it went, not the entry (nor its body).
         self._ids: dict[tuple[str, bytes], tuple[str, int]] = {}
         self._id_order: collections.deque[tuple[str, bytes]] = collections.deque()
         self._far_ids: dict[tuple[str, bytes], tuple[str, int]] = {}
         self._horizon = 0
-        # Writer side.
-        self._queue: collections.deque[_Batch] = collections.deque()
+        # The two writer threads: journal commits, and the tables.
+        self._jqueue: collections.deque[_Batch] = collections.deque()
+        self._tqueue: collections.deque[_TableWork] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._writer: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._reader: ThreadPoolExecutor | None = None
         self._rsem: asyncio.Semaphore | None = None
         self._failed: StoreError | None = None
@@ -572,13 +595,13 @@ class SqliteStore:
     # -- life cycle -----------------------------------------------------------
 
     async def open(self) -> None:
-        """Opens the database, checks it, applies migrations and what a crash left in
+        """Opens both files, checks them, applies migrations and what a crash left in
         the journal, and starts the threads.
 
         Raises:
-            StoreCorrupt: the file failed its integrity check, or holds less history
-                than its high-water mark records.
-            StoreError: the file cannot be opened or migrated.
+            StoreCorrupt: a file failed its integrity check, or holds less history
+                than the high-water mark records, or the journal is another store's.
+            StoreError: a file cannot be opened or migrated.
         """
         if self._loop is not None:
             raise StoreError(f"{self!r} was already opened")
@@ -590,33 +613,37 @@ class SqliteStore:
             raise
         self._rsem = asyncio.Semaphore(MAX_PENDING_READS)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="duplex-store-read")
-        self._writer = threading.Thread(
-            target=self._writer_main, name="duplex-store-write", daemon=True
-        )
-        self._writer.start()
+        self._threads = [
+            threading.Thread(target=self._journal_main, name="duplex-store-journal", daemon=True),
+            threading.Thread(target=self._table_main, name="duplex-store-tables", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def close(self) -> None:
         """Commits what is staged, applies the journal, stops the threads and closes
         the files.
 
-        The last connection to close checkpoints the log into the database and removes
-        it. Calling it again does nothing.
+        The last connection to each file checkpoints its log into it and removes it.
+        Calling it again does nothing.
         """
         if self._closed or self._loop is None:
             self._closed = True
             return
-        if self._writer is not None and self._failed is None:
+        if self._threads and self._failed is None:
             with contextlib.suppress(StoreError):
                 await self._apply_now()
+                if self._deletable > self._deleted:
+                    await self._journal_cleanup()
         self._closed = True
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        if self._writer is not None:
-            await asyncio.to_thread(self._writer.join)
+            self._cond.notify_all()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
         if self._reader is not None:
             await asyncio.to_thread(self._reader.shutdown, True)
-        # Give the loop a turn so the writer's last call_soon_threadsafe is answered.
+        # Give the loop a turn so the writers' last call_soon_threadsafe is answered.
         await asyncio.sleep(0)
         if self._apply_timer is not None:
             self._apply_timer.cancel()
@@ -625,46 +652,70 @@ class SqliteStore:
     def _open_sync(self) -> None:
         with _translated(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._wconn = self._connect()
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"{self.path}: cannot use WAL mode (got {mode!r})")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            # Past a burst the log would otherwise keep its largest size forever.
-            conn.execute("PRAGMA journal_size_limit = 67108864")
-            self._check_integrity(conn)
-            self._check_hwm(conn)
+            conn = self._tconn = self._connect(self.path)
+            log = self._jconn = self._connect(self.log_path)
+            for db, path in ((conn, self.path), (log, self.log_path)):
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"{path}: cannot use WAL mode (got {mode!r})")
+                db.execute(f"PRAGMA synchronous = {self.synchronous}")
+                # Past a burst the log would otherwise keep its largest size forever.
+                db.execute("PRAGMA journal_size_limit = 67108864")
+                self._check_integrity(db, path)
+            log.executescript(_LOG_SCHEMA)
+            self._check_hwm(conn, log)
             self._migrate(conn)
             row = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
             self._store_id = str(row[0])
             self._commits = int(
                 conn.execute("SELECT value FROM meta WHERE key = 'commits'").fetchone()[0]
             )
+            self._log_commits = self._bind_log(log)
             self._hwm_fd = os.open(self.hwm_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._write_hwm(sync=True)
-            self._recover(conn)
+            self._recover(conn, log)
             top = conn.execute("SELECT max(msg_id) FROM entries WHERE kind = 'msg'").fetchone()
             self._horizon = _id_time(top[0]) + 1 if top[0] is not None else 0
-            self._rconn = self._connect()
-            self._lconn = self._connect()
+            self._journal_id = self._deleted = self._deletable = int(
+                log.execute("SELECT coalesce(max(id), 0) FROM journal").fetchone()[0]
+            )
+            self._rconn = self._connect(self.path)
+            self._lconn = self._connect(self.path)
             for reader in (self._rconn, self._lconn):
                 reader.execute("PRAGMA query_only = ON")
                 # A first read opens the log and its index now, not on the first
                 # message (a descriptor count taken at start would seem to leak).
                 reader.execute("SELECT count(*) FROM meta").fetchone()
 
-    def _recover(self, conn: sqlite3.Connection) -> None:
-        """Applies the journal rows a crash left (in order) and empties the journal."""
-        ids = [r[0] for r in conn.execute("SELECT id FROM journal ORDER BY id")]
+    def _bind_log(self, log: sqlite3.Connection) -> int:
+        """Ties a new journal to this database; refuses another database's. Returns
+        the journal's commit count."""
+        row = log.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        if not row[0]:
+            log.execute("UPDATE meta SET value = ? WHERE key = 'store_id'", (self._store_id,))
+        elif row[0] != self._store_id:
+            raise StoreCorrupt(
+                f"{self.log_path}: this journal belongs to another database (id {row[0]}, "
+                f"{self.path.name} is {self._store_id}): its messages cannot be applied "
+                "here. Put the right files together, or move the journal away to start "
+                "without what it holds"
+            )
+        return int(log.execute("SELECT value FROM meta WHERE key = 'commits'").fetchone()[0])
+
+    def _recover(self, conn: sqlite3.Connection, log: sqlite3.Connection) -> None:
+        """Applies the journal rows a crash left, in order, then empties the journal.
+
+        Replaying is idempotent, so a crash between the two steps only repeats it.
+        """
+        ids = [r[0] for r in log.execute("SELECT id FROM journal ORDER BY id")]
         if not ids:
             return
         entries = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
             for row_id in ids:
-                (blob,) = conn.execute("SELECT ops FROM journal WHERE id = ?", (row_id,)).fetchone()
-                entries += _apply_journal(conn, blob)
-            conn.execute("DELETE FROM journal")
+                (blob,) = log.execute("SELECT ops FROM journal WHERE id = ?", (row_id,)).fetchone()
+                entries += _replay_journal(conn, blob)
             self._commits += 1
             conn.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (self._commits,))
             conn.execute("COMMIT")
@@ -673,6 +724,12 @@ class SqliteStore:
                 conn.rollback()
             raise
         self._write_hwm(sync=True)
+        self._log_commits += 1
+        log.execute("BEGIN IMMEDIATE")
+        log.execute("DELETE FROM journal")
+        log.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (self._log_commits,))
+        log.execute("COMMIT")
+        self._write_hwm(sync=True)
         logger.info(
             "%s: applied %d journal rows (%d entries) left by an unclean stop",
             self.path,
@@ -680,11 +737,11 @@ class SqliteStore:
             entries,
         )
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, path: Path) -> sqlite3.Connection:
         # isolation_level=None: we write BEGIN/COMMIT ourselves. check_same_thread=False:
         # each connection is opened here and then used by exactly one thread.
         conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
         try:
             conn.execute("PRAGMA foreign_keys = ON")
@@ -694,7 +751,7 @@ class SqliteStore:
             raise
         return conn
 
-    def _check_integrity(self, conn: sqlite3.Connection) -> None:
+    def _check_integrity(self, conn: sqlite3.Connection, path: Path) -> None:
         if self._integrity_check == "off":
             return
         pragma = "quick_check" if self._integrity_check == "quick" else "integrity_check"
@@ -702,57 +759,62 @@ class SqliteStore:
         if rows != ["ok"]:
             detail = "; ".join(rows[:5])
             raise StoreCorrupt(
-                f"{self.path}: the database failed its integrity check ({detail}); "
+                f"{path}: the database failed its integrity check ({detail}); "
                 "the hub will not serve from it: restore it from a backup"
             )
 
-    def _check_hwm(self, conn: sqlite3.Connection) -> None:
-        """Refuses a database that holds fewer commits than were acknowledged."""
+    def _check_hwm(self, conn: sqlite3.Connection, log: sqlite3.Connection) -> None:
+        """Refuses a database or journal that holds fewer commits than were
+        acknowledged."""
         try:
             record = self.hwm_path.read_bytes()
         except FileNotFoundError:
             return
         fields = record.rstrip(b"\n ").split(b" ")
-        ok = len(fields) == 4 and fields[0] == _HWM_MAGIC
+        if fields[0] == _HWM_MAGIC_V1 and len(fields) == 4:  # before the journal's file
+            fields[3:3] = [b"0"]
+        ok = len(fields) == 5 and fields[0] in (_HWM_MAGIC, _HWM_MAGIC_V1)
         if ok:
-            body = b" ".join(fields[:3])
-            ok = fields[3] == b"%08x" % zlib.crc32(body)
+            body = b" ".join(fields[:3] if fields[0] == _HWM_MAGIC_V1 else fields[:4])
+            ok = fields[4] == b"%08x" % zlib.crc32(body)
         if not ok:
             raise StoreCorrupt(
                 f"{self.hwm_path}: the high-water-mark file is damaged, so the database "
                 "cannot be checked for lost commits; if the database is known to be "
                 "good, delete this file and start again"
             )
-        hwm_id, hwm_commits = fields[1].decode(), int(fields[2])
+        hwm_id, marks = fields[1].decode(), (int(fields[2]), int(fields[3]))
         has_meta = conn.execute(
             "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'"
         ).fetchone()
-        db_id, db_commits = "", 0
+        found = [("", 0), _meta(log)]
         if has_meta:
-            db_id = str(conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0])
-            db_commits = int(
-                conn.execute("SELECT value FROM meta WHERE key = 'commits'").fetchone()[0]
+            found[0] = _meta(conn)
+        for (path, kind), (db_id, db_commits), mark in zip(
+            ((self.path, "database"), (self.log_path, "journal")), found, marks, strict=True
+        ):
+            if not mark or (db_id == hwm_id and db_commits >= mark):
+                continue
+            if db_id != hwm_id:
+                what = (
+                    "is empty" if not db_id else f"is another store's (id {db_id}, mark {hwm_id})"
+                )
+            else:
+                what = f"holds {db_commits} committed write transactions"
+            message = (
+                f"{path}: the {kind}'s history is shorter than what was acknowledged: "
+                f"it {what}, but {self.hwm_path.name} records {mark}. SQLite drops a "
+                "write-ahead-log frame with a bad checksum and every frame after it, so a "
+                "damaged log loses the last commits silently; acknowledged messages are "
+                "missing. Restore the store from a backup; to serve from it anyway, "
+                f"delete {self.hwm_path}"
             )
-        if db_id == hwm_id and db_commits >= hwm_commits:
-            return
-        if db_id != hwm_id:
-            what = "is empty" if not db_id else f"is another database (id {db_id}, mark {hwm_id})"
-        else:
-            what = f"holds {db_commits} committed write transactions"
-        message = (
-            f"{self.path}: the database's history is shorter than what was acknowledged: "
-            f"it {what}, but {self.hwm_path.name} records {hwm_commits}. SQLite drops a "
-            "write-ahead-log frame with a bad checksum and every frame after it, so a "
-            "damaged log loses the last commits silently; acknowledged messages are "
-            "missing. Restore the database from a backup; to serve from it anyway, "
-            f"delete {self.hwm_path}"
-        )
-        if self.synchronous == "NORMAL" and db_id == hwm_id:
-            # NORMAL accepts losing the last transactions on a power cut: expected, not
-            # corruption (though damage looks the same).
-            logger.warning("%s (synchronous=NORMAL: serving anyway)", message)
-            return
-        raise StoreCorrupt(message)
+            if self.synchronous == "NORMAL" and db_id == hwm_id:
+                # NORMAL accepts losing the last transactions on a power cut: expected,
+                # not corruption (though damage looks the same).
+                logger.warning("%s (synchronous=NORMAL: serving anyway)", message)
+                continue
+            raise StoreCorrupt(message)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute(SCHEMA_VERSION_DDL)
@@ -779,124 +841,19 @@ class SqliteStore:
                 raise
 
     def _write_hwm(self, *, sync: bool) -> None:
-        body = b"%s %s %d" % (_HWM_MAGIC, self._store_id.encode(), self._commits)
-        record = b"%s %08x" % (body, zlib.crc32(body))
-        # Fixed size, written at offset 0: each write replaces the whole record.
-        os.pwrite(self._hwm_fd, record.ljust(_HWM_SIZE - 1) + b"\n", 0)
-        if sync and self.synchronous != "NORMAL":
-            os.fdatasync(self._hwm_fd)
-            self._hwm_synced = time.monotonic()
-
-    def _release_sync(self) -> None:
-        # The reader first: the last connection to close checkpoints the log into the
-        # database and removes it, and that must be the writing one.
-        for conn in (self._lconn, self._rconn, self._wconn):
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-        self._lconn = self._rconn = self._wconn = None
-        if self._hwm_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._hwm_fd)
-            self._hwm_fd = -1
-
-    # -- the writer thread ----------------------------------------------------
-
-    def _writer_main(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    # Asleep with the mark not yet synced: sync it after a short idle.
-                    if self._hwm_dirty and not self._cond.wait(_HWM_IDLE):
-                        break
-                    if not self._hwm_dirty:
-                        self._cond.wait()
-                batch = self._queue.popleft() if self._queue else None
-                if batch is None and self._stopping:
-                    break
-            if batch is None:
-                self._sync_hwm()
-                continue
-            if self._failed is not None:
-                batch.error = self._failed
-            else:
-                self._commit_retrying(batch)
-            if time.monotonic() - self._hwm_synced > _HWM_SYNC_INTERVAL:
-                self._sync_hwm()
-            self._answer(batch)
-        self._sync_hwm()
-
-    def _commit_retrying(self, batch: _Batch) -> None:
-        """Commits ``batch``; on a failure that may pass, retries for RETRY_FOR seconds;
-        on any other, fails the store (see the module doc)."""
-        deadline = time.monotonic() + RETRY_FOR
-        pause = 0.05
-        while True:
-            try:
-                with _translated(self.path):
-                    self._commit(batch)
-                return
-            except Exception as exc:
-                cause = exc.__cause__ if isinstance(exc, StoreError) else exc
-                if _code(cause) in _TRANSIENT and time.monotonic() < deadline:
-                    logger.warning("%s: commit failed (%s); retrying", self.path, exc)
-                    time.sleep(pause)
-                    pause = min(pause * 2, 1.0)
-                    continue
-                failed = StoreError(
-                    f"{self.path}: a commit failed, so the store accepts no more writes "
-                    f"until it is reopened (which recovers from the journal): {exc}"
-                )
-                failed.__cause__ = cause
-                logger.error("%s", failed)
-                self._failed = batch.error = failed
-                return
-
-    def _commit(self, batch: _Batch) -> None:
-        conn = self._wconn
-        assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for req in batch.requests:
-                req.result, req.error = None, None
-                conn.execute("SAVEPOINT request")
-                try:
-                    req.result = req.fn(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO request")
-                    if isinstance(exc, sqlite3.Error):
-                        try:
-                            with _translated(self.path):
-                                raise exc
-                        except StoreError as translated:
-                            req.error = translated
-                    else:
-                        req.error = exc
-                conn.execute("RELEASE request")
-            work = batch.apply
-            if batch.journal is not None:
-                conn.execute(
-                    "INSERT INTO journal (id, ops) VALUES (?, ?)", (batch.journal_id, batch.journal)
-                )
-            if work is not None:
-                _write_ops(conn, work.rows, work.updates, work.cursors, work.boxes)
-                if work.journal_upto:
-                    conn.execute("DELETE FROM journal WHERE id <= ?", (work.journal_upto,))
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (self._commits + 1,))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
-        self._commits += 1
-        self.commit_count += 1
-        self.write_count += batch.ops
-        try:
-            self._write_hwm(sync=False)
+        with self._hwm_lock:
+            body = b"%s %s %d %d" % (
+                _HWM_MAGIC,
+                self._store_id.encode(),
+                self._commits,
+                self._log_commits,
+            )
+            record = b"%s %08x" % (body, zlib.crc32(body))
+            # Fixed size, written at offset 0: each write replaces the whole record.
+            os.pwrite(self._hwm_fd, record.ljust(_HWM_SIZE - 1) + b"\n", 0)
             self._hwm_dirty = True
-        except OSError:
-            logger.exception("%s: cannot write the high-water mark", self.hwm_path)
+        if sync:
+            self._sync_hwm()
 
     def _sync_hwm(self) -> None:
         if not self._hwm_dirty or self._hwm_fd < 0:
@@ -910,14 +867,176 @@ class SqliteStore:
         except OSError:
             logger.exception("%s: cannot sync the high-water mark", self.hwm_path)
 
-    def _answer(self, batch: _Batch) -> None:
+    def _release_sync(self) -> None:
+        # The readers first: the last connection to close checkpoints the log into the
+        # database and removes it, and that must be the writing one.
+        for conn in (self._lconn, self._rconn, self._tconn, self._jconn):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self._lconn = self._rconn = self._tconn = self._jconn = None
+        if self._hwm_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._hwm_fd)
+            self._hwm_fd = -1
+
+    # -- the writer threads ---------------------------------------------------
+
+    def _next_work(self, queue: collections.deque[Any]) -> Any:
+        """Waits for the next item of ``queue`` (None: stop). The mark is synced after
+        a short idle, and at least once a second under load (see the module doc)."""
+        while True:
+            with self._cond:
+                while not queue and not self._stopping:
+                    if not self._hwm_dirty:
+                        self._cond.wait()
+                    elif not self._cond.wait(_HWM_IDLE):
+                        break
+                if queue:
+                    return queue.popleft()
+                if self._stopping:
+                    return None
+            self._sync_hwm()
+
+    def _journal_main(self) -> None:
+        conn = self._jconn
+        assert conn is not None
+        while (batch := self._next_work(self._jqueue)) is not None:
+            if self._failed is not None:
+                batch.error = self._failed
+            else:
+                batch.error = self._run(
+                    self.log_path, functools.partial(self._commit_journal, batch)
+                )
+            if time.monotonic() - self._hwm_synced > _HWM_SYNC_INTERVAL:
+                self._sync_hwm()
+            self._answer(self._journaled, batch)
+        self._sync_hwm()
+
+    def _commit_journal(self, batch: _Batch) -> None:
+        conn = self._jconn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if batch.journal:
+                conn.execute(
+                    "INSERT INTO journal (id, ops) VALUES (?, ?)", (batch.journal_id, batch.journal)
+                )
+            if batch.delete_upto:
+                conn.execute("DELETE FROM journal WHERE id <= ?", (batch.delete_upto,))
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'commits'", (self._log_commits + 1,)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        self._log_commits += 1
+        self.commit_count += 1
+        self.write_count += batch.ops
+        self._write_hwm_after_commit()
+
+    def _table_main(self) -> None:
+        conn = self._tconn
+        assert conn is not None
+        while (work := self._next_work(self._tqueue)) is not None:
+            if self._failed is not None:
+                error: StoreError | None = self._failed
+            else:
+                error = self._run(self.path, functools.partial(self._commit_tables, work))
+            if time.monotonic() - self._hwm_synced > _HWM_SYNC_INTERVAL:
+                self._sync_hwm()
+            if work.apply is not None:
+                work.apply.error = error
+            for req in work.requests:
+                if error is not None:
+                    req.result, req.error = None, error
+            self._answer(self._tables_done, work)
+        self._sync_hwm()
+
+    def _commit_tables(self, work: _TableWork) -> None:
+        conn = self._tconn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for req in work.requests:
+                req.result, req.error = None, None
+                conn.execute("SAVEPOINT request")
+                try:
+                    req.result = req.fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO request")
+                    req.error = exc
+                    if isinstance(exc, sqlite3.Error):
+                        try:
+                            with _translated(self.path):
+                                raise exc
+                        except StoreError as translated:
+                            req.error = translated
+                conn.execute("RELEASE request")
+            job = work.apply
+            if job is not None:
+                _write_ops(conn, job.rows, job.updates, job.cursors, job.boxes)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (self._commits + 1,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        self._commits += 1
+        self.commit_count += 1
+        self.write_count += len(work.requests)
+        self._write_hwm_after_commit()
+
+    def _write_hwm_after_commit(self) -> None:
+        try:
+            self._write_hwm(sync=False)
+        except OSError:
+            logger.exception("%s: cannot write the high-water mark", self.hwm_path)
+
+    def _run(self, path: Path, commit: Callable[[], None]) -> StoreError | None:
+        """Runs ``commit``; on a failure that may pass, retries for RETRY_FOR seconds;
+        on any other, fails the store (see the module doc) and returns why."""
+        deadline = time.monotonic() + RETRY_FOR
+        pause = 0.05
+        while True:
+            try:
+                with _translated(path):
+                    commit()
+                return None
+            except Exception as exc:
+                cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+                if _code(cause) in _TRANSIENT and time.monotonic() < deadline:
+                    logger.warning("%s: commit failed (%s); retrying", path, exc)
+                    time.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+                    continue
+                failed = StoreError(
+                    f"{path}: a commit failed, so the store accepts no more writes "
+                    f"until it is reopened (which recovers from the journal): {exc}"
+                )
+                failed.__cause__ = cause
+                logger.error("%s", failed)
+                if self._failed is None:
+                    self._failed = failed
+                return self._failed
+
+    def _answer(self, callback: Callable[[Any], None], item: object) -> None:
         assert self._loop is not None
         try:
-            self._loop.call_soon_threadsafe(self._committed, batch)
+            self._loop.call_soon_threadsafe(callback, item)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
-    # -- the loop side: batches -----------------------------------------------
+    def _hand_over(self, queue: collections.deque[Any], item: object) -> None:
+        with self._cond:
+            queue.append(item)
+            self._cond.notify_all()
+
+    # -- the loop side: journal batches -----------------------------------------
 
     def _stage_soon(self, batch: _Batch) -> None:
         """Something was staged in ``batch`` (the open one): arrange its handover."""
@@ -944,193 +1063,160 @@ class SqliteStore:
             self._seal()
 
     def _seal(self) -> None:
-        """Hands the open batch to the writer, with the apply work that is due."""
+        """Hands the open batch to the journal writer as one journal row."""
         batch = self._open
-        now = time.monotonic()
-        force = bool(self._force_apply)
-        aging = self._aging
-        due = bool(aging) and (aging[0][0] <= now - self._apply_age or self._crowded())
-        flush = bool(self._unflushed_since) and now - self._unflushed_since >= FLUSH_AFTER
-        if not batch.ops and not force and not due and not flush and not self._updates:
+        if not batch.ops:
             return
         self._open = _Batch()
-        self._sealed_at = now
-        batch.waiters, self._force_apply = self._force_apply, []
-        tops = batch.tops = [(box, box.last_seq) for box in batch.boxes.values()]
-        if force:
-            # Everything into the tables now, this batch included (no journal row).
-            chunk = [e for _, _, entries, _ in aging for e in entries]
-            chunk += batch.entries
-            aging.clear()
-            self._aging_entries = self._aging_bytes = 0
-            batch.apply = self._seal_apply(chunk, flush=True)
-            self._hand_over(batch)
-            return
-        if batch.entries or batch.marks or batch.cursors or tops:
-            self._journal_id += 1
-            batch.journal_id = self._journal_id
+        self._sealed_at = time.monotonic()
+        boxes = batch.boxes.values()
+        batch.states = [box.state() for box in boxes]
+        batch.tops = [(box, box.last_seq) for box in boxes]
+        self._journal_id += 1
+        batch.journal_id = self._journal_id
+        if batch.entries or batch.marks or batch.cursors or batch.states:
             batch.journal = _journal_encoder.encode(
                 (
                     batch.entries,
                     batch.marks,
                     [(*key, seq, ts) for key, (seq, ts) in batch.cursors.items()],
-                    [
-                        (box.name, top, box.acked_seq, box.messages, box.delivered)
-                        for box, top in tops
-                    ],
+                    batch.states,
                 )
             )
-            if batch.entries:
-                aging.append((now, batch.journal_id, batch.entries, batch.bytes))
-                self._aging_entries += len(batch.entries)
-                self._aging_bytes += batch.bytes
-        chunk = []
-        oldest = now - self._apply_age
-        while aging and len(chunk) < APPLY_CHUNK:
-            if aging[0][0] > oldest and not self._crowded():
-                break
-            _, _, entries, size = aging.popleft()
-            chunk += entries
-            self._aging_entries -= len(entries)
-            self._aging_bytes -= size
-        if chunk or self._updates or flush:
-            batch.apply = self._seal_apply(chunk, flush=flush)
-        if aging or self._unflushed_since:
-            self._arm_apply_timer(now)
-        self._hand_over(batch)
-
-    def _crowded(self) -> bool:
-        """Whether what waits for its apply is past APPLY_ENTRIES or APPLY_BYTES."""
-        return self._aging_entries > APPLY_ENTRIES or self._aging_bytes > APPLY_BYTES
-
-    def _hand_over(self, batch: _Batch) -> None:
+        if self._deletable > self._deleted:
+            batch.delete_upto = self._deletable
         self._inflight += 1
-        with self._cond:
-            self._queue.append(batch)
-            self._cond.notify()
+        self._hand_over(self._jqueue, batch)
 
-    def _seal_apply(self, chunk: list[Entry], *, flush: bool) -> _Apply:
-        """The apply work of a batch: ``chunk`` into ``entries`` (with the delivery
-        marks folded in), the pending UPDATEs and, on a ``flush``, the mailboxes' and
-        cursors' rows and the deletion of the journal rows that are then redundant."""
-        work = _Apply()
-        settled = self._settled
-        work.rows = [
-            (
-                e.user,
-                e.seq,
-                e.kind,
-                e.peer,
-                e.msg_id,
-                e.body,
-                e.ts,
-                settled.pop((e.user, e.seq), None) if e.kind == "msg" else None,
-            )
-            for e in chunk
-        ]
-        tops: dict[str, int] = {}
-        for e in chunk:
-            tops[e.user] = e.seq
-        boxes = self._boxes
-        for name, top in tops.items():
-            box = boxes[name]
-            box.sealed = top
-            work.tops.append((box, top))
-        work.updates, self._updates = self._updates, []
-        if flush:
-            work.cursors = [(*key, seq, ts) for key, (seq, ts) in self._apply_cursors.items()]
-            work.boxes = [
-                (b.name, b.last_seq, b.acked_seq, b.messages, b.delivered)
-                for b in self._apply_boxes.values()
-            ]
-            # Every journal row before the oldest batch still waiting is redundant now.
-            aging = self._aging
-            work.journal_upto = aging[0][1] - 1 if aging else self._journal_id
-            self._apply_cursors = {}
-            self._apply_boxes = {}
-            self._unflushed_since = 0.0
-        return work
-
-    def _arm_apply_timer(self, now: float) -> None:
-        """Makes sure a quiet store still applies and flushes what it holds."""
-        if self._apply_timer is not None or self._loop is None:
-            return
-        when = now + FLUSH_AFTER
-        if self._aging:
-            when = min(when, self._aging[0][0] + self._apply_age)
-        if self._unflushed_since:
-            when = min(when, self._unflushed_since + FLUSH_AFTER)
-        self._apply_timer = self._loop.call_later(max(0.001, when - now), self._apply_due)
-
-    def _apply_due(self) -> None:
-        self._apply_timer = None
-        if self._closed or self._failed is not None:
-            return
-        if not self._inflight and not self._seal_soon:
-            self._seal()  # (while a batch is in flight, its commit seals the next)
-        if self._apply_timer is None and (self._aging or self._unflushed_since):
-            self._arm_apply_timer(time.monotonic())
-
-    def _committed(self, batch: _Batch) -> None:
-        """On the loop: ``batch`` is durable (or failed); tell everyone who waits."""
+    def _journaled(self, batch: _Batch) -> None:
+        """On the loop: ``batch`` is in the journal (or failed); tell everyone who waits,
+        and hand what is now durable on towards the tables."""
         self._inflight -= 1
         error = batch.error
         if error is None:
             for box, top in batch.tops:
                 if top > box.durable:
                     box.durable = top
-            work = batch.apply
-            if work is not None:
-                self.apply_count += 1
-                for box, top in work.tops:
-                    if top > box.durable:
-                        box.durable = top
-                    if top > box.applied:
-                        del box.tail[: top - box.applied]
-                        box.applied = top
-                self._forget_ids()
+            if batch.delete_upto > self._deleted:
+                self._deleted = batch.delete_upto
+            if not self._ready_since:
+                self._ready_since = time.monotonic()
+            self._ready_entries += batch.entries
+            self._ready_marks += batch.marks
+            self._ready_cursors.update(batch.cursors)  # ack folding keeps the max
+            for state in batch.states:
+                self._ready_boxes[state[0]] = state
+            self._ready_bytes += batch.bytes
+            self._ready_upto = batch.journal_id
         self._finish(batch, error)
         if error is not None:
             # What was staged after this batch assumed it: it cannot be committed.
             rest, self._open = self._open, _Batch()
-            rest.waiters, self._force_apply = self._force_apply, []
             self._finish(rest, error)
-        elif not self._inflight and not self._seal_soon:
-            self._seal_next()  # what was staged meanwhile, or apply work now due
+            self._fail_waiters(error)
+            return
+        self._apply_if_due()
+        if not self._inflight and not self._seal_soon and self._open.ops:
+            self._seal_next()
 
     def _finish(self, batch: _Batch, error: StoreError | None) -> None:
-        """Answers ``batch``'s requests, callbacks and apply waiters."""
+        """Answers the callbacks of ``batch``."""
         batch.finished = True
         batch.error = error
         self._pending -= batch.ops
-        if error is not None:
-            waiters, self._room_waiters = self._room_waiters, collections.deque()
-            for turn in waiters:
-                if not turn.done():
-                    turn.set_exception(_clone(error))
-        else:
+        if error is None:
             self._wake()
-        for req in batch.requests:
-            future = req.future
-            if future.done():  # the caller was cancelled; the write happened anyway
-                continue
-            failure = error or req.error
-            if failure is not None:
-                future.set_exception(_clone(failure))
-            else:
-                future.set_result(req.result)
         for done in batch.done:
             try:
                 done(error)
             except Exception:
                 logger.exception("a store callback failed")
-        for waiter in batch.waiters:
-            if waiter.done():
+
+    def _fail_waiters(self, error: StoreError) -> None:
+        waiters, self._room_waiters = self._room_waiters, collections.deque()
+        waiters.extend(self._apply_waiters)
+        self._apply_waiters = []
+        for turn in waiters:
+            if not turn.done():
+                turn.set_exception(_clone(error))
+
+    # -- the loop side: applying the journal to the tables --------------------------
+
+    def _apply_if_due(self, *, force: bool = False) -> None:
+        """Hands what the journal holds to the table writer when it is due: after
+        APPLY_AFTER seconds, APPLY_ENTRIES entries or APPLY_BYTES bytes (one apply
+        at a time)."""
+        if self._applying is not None or not self._ready_since:
+            return
+        now = time.monotonic()
+        if not (
+            force
+            or self._apply_waiters
+            or now - self._ready_since >= self._apply_after
+            or len(self._ready_entries) >= APPLY_ENTRIES
+            or self._ready_bytes >= APPLY_BYTES
+        ):
+            if self._apply_timer is None and self._loop is not None:
+                wait = self._ready_since + self._apply_after - now
+                self._apply_timer = self._loop.call_later(wait, self._apply_due)
+            return
+        job = self._applying = _Apply()
+        marks = {(name, seq): ts for ts, name, seq in self._ready_marks}
+        rows = job.rows
+        for e in self._ready_entries:
+            delivered = marks.pop((e.user, e.seq), None) if e.kind == "msg" else None
+            rows.append((e.user, e.seq, e.kind, e.peer, e.msg_id, e.body, e.ts, delivered))
+            job.tops[e.user] = e.seq
+        job.updates = [(ts, name, seq) for (name, seq), ts in marks.items()]
+        job.cursors = [(*key, seq, ts) for key, (seq, ts) in self._ready_cursors.items()]
+        job.boxes = list(self._ready_boxes.values())
+        job.journal_upto = self._ready_upto
+        job.waiters, self._apply_waiters = self._apply_waiters, []
+        self._ready_entries, self._ready_marks = [], []
+        self._ready_cursors, self._ready_boxes = {}, {}
+        self._ready_bytes = 0
+        self._ready_since = 0.0
+        requests, self._requests = self._requests, []
+        self._hand_over(self._tqueue, _TableWork(requests, job))
+
+    def _apply_due(self) -> None:
+        self._apply_timer = None
+        if not self._closed and self._failed is None:
+            self._apply_if_due()
+
+    def _tables_done(self, work: _TableWork) -> None:
+        """On the loop: a table transaction committed (or failed)."""
+        for req in work.requests:
+            future = req.future
+            if future.done():  # the caller was cancelled; the write happened anyway
                 continue
-            if error is not None:
-                waiter.set_exception(_clone(error))
+            if req.error is not None:
+                future.set_exception(_clone(req.error))
             else:
+                future.set_result(req.result)
+        job = work.apply
+        if job is None:
+            return
+        self._applying = None
+        if job.error is not None:
+            for waiter in job.waiters:
+                if not waiter.done():
+                    waiter.set_exception(_clone(job.error))
+            self._fail_waiters(job.error)
+            return
+        self.apply_count += 1
+        boxes = self._boxes
+        for name, top in job.tops.items():
+            box = boxes[name]
+            if top > box.applied:
+                del box.tail[: top - box.applied]
+                box.applied = top
+        self._deletable = job.journal_upto
+        self._forget_ids()
+        for waiter in job.waiters:
+            if not waiter.done():
                 waiter.set_result(None)
+        self._apply_if_due()
 
     def _forget_ids(self) -> None:
         """Forgets the oldest applied message ids past RECENT_IDS (see the module doc)."""
@@ -1159,13 +1245,42 @@ class SqliteStore:
             elif stamp >= self._horizon:
                 self._horizon = stamp + 1
 
+    async def _apply_now(self) -> None:
+        """Waits until everything staged so far is in the tables."""
+        self._check_usable()
+        if self._failed is not None:
+            raise _clone(self._failed)
+        await self._durable()
+        assert self._loop is not None
+        while self._ready_since or self._applying is not None:
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            if self._applying is not None:
+                self._applying.waiters.append(waiter)
+            else:
+                self._apply_waiters.append(waiter)
+                self._apply_if_due(force=True)
+            await waiter
+
+    async def _journal_cleanup(self) -> None:
+        """Deletes the journal rows the tables hold (at close: the journal ends empty)."""
+        assert self._loop is not None
+        batch = _Batch()  # no row of its own: a commit that carries the deletion
+        batch.delete_upto = self._deletable
+        self._journal_id += 1
+        batch.journal_id = self._journal_id
+        done: asyncio.Future[StoreError | None] = self._loop.create_future()
+        batch.done.append(done.set_result)
+        self._inflight += 1
+        self._hand_over(self._jqueue, batch)
+        await done
+
     # -- the loop side: staging -----------------------------------------------
 
     def _can_stage(self) -> bool:
         return (
             self._failed is None
             and not self._closed
-            and self._writer is not None
+            and bool(self._threads)
             and self._pending < MAX_PENDING_WRITES
         )
 
@@ -1180,7 +1295,7 @@ class SqliteStore:
             with _translated(self.path):
                 row = self._lconn.execute(_LOAD_BOX, (name,)).fetchone()
             last, acked, messages, delivered = row if row else (0, 0, 0, 0)
-            box = _Box(name, last, acked, messages, delivered, last, last, last)
+            box = _Box(name, last, acked, messages, delivered, last, last)
             self._boxes[name] = box
         return box
 
@@ -1199,9 +1314,6 @@ class SqliteStore:
         box.tail.append(entry)
         batch.entries.append(entry)
         batch.boxes[box.name] = box
-        if not self._unflushed_since:
-            self._unflushed_since = time.monotonic()
-        self._apply_boxes[box.name] = box
         return entry
 
     def _find(self, sender: str, msg_id: bytes) -> Entry | None:
@@ -1284,10 +1396,6 @@ class SqliteStore:
         key = (user, device)
         old = batch.cursors.get(key)
         batch.cursors[key] = (upto if old is None or upto > old[0] else old[0], ts)
-        old = self._apply_cursors.get(key)
-        self._apply_cursors[key] = (upto if old is None or upto > old[0] else old[0], ts)
-        if not self._unflushed_since:
-            self._unflushed_since = time.monotonic()
         batch.ops += 1
         self._pending += 1
         receipts: list[Entry] = []
@@ -1297,7 +1405,6 @@ class SqliteStore:
                 receipts = self._deliver(batch, box, start, upto, ts)
             box.acked_seq = upto
             batch.boxes[user] = box
-            self._apply_boxes[user] = box
         self._stage_soon(batch)
         return receipts
 
@@ -1316,14 +1423,9 @@ class SqliteStore:
             if entry.kind == "msg":
                 found.append((entry.seq, entry.peer, entry.msg_id))
         receipts = []
-        name, sealed, settled, updates = box.name, box.sealed, self._settled, self._updates
+        name, marks = box.name, batch.marks
         for seq, sender, msg_id in found:
-            mark = (ts, name, seq)
-            batch.marks.append(mark)
-            if seq > sealed:
-                settled[(name, seq)] = ts
-            else:
-                updates.append(mark)
+            marks.append((ts, name, seq))
             receipts.append(self._append(batch, self._box(sender), "receipt", name, msg_id, "", ts))
         box.delivered += len(found)
         return receipts
@@ -1387,32 +1489,25 @@ class SqliteStore:
                 self._woken += 1
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Runs ``fn`` on the writer's connection in the next group commit (in a
-        savepoint: if it raises, it alone fails) and returns its result once durable."""
-        await self._room_now()
-        assert self._loop is not None
-        future: asyncio.Future[T] = self._loop.create_future()
-        batch = self._open
-        batch.requests.append(_Request(fn, future))
-        batch.ops += 1
-        self._pending += 1
-        self._stage_soon(batch)
-        # Cancelling the caller from here on does not cancel the write.
-        return await future
-
-    async def _apply_now(self) -> None:
-        """Applies the journal to the tables now and waits until that is committed."""
+        """Runs ``fn`` on the table writer's connection in its next transaction (in a
+        savepoint: if it raises, it alone fails) and returns its result once durable.
+        Cancelling the caller does not cancel the write."""
         self._check_usable()
         if self._failed is not None:
             raise _clone(self._failed)
-        if not (self._unflushed_since or self._aging or self._inflight or self._open.ops):
-            return
         assert self._loop is not None
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        self._force_apply.append(waiter)
-        if not self._inflight:
-            self._seal()
-        await waiter
+        future: asyncio.Future[T] = self._loop.create_future()
+        if not self._requests:
+            self._loop.call_soon(self._flush_requests)
+        self._requests.append(_Request(fn, future))
+        return await future
+
+    def _flush_requests(self) -> None:
+        """Hands the requests of this turn of the loop to the table writer (an apply
+        that leaves meanwhile takes them along)."""
+        if self._requests:
+            requests, self._requests = self._requests, []
+            self._hand_over(self._tqueue, _TableWork(requests, None))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_usable()
@@ -1428,7 +1523,7 @@ class SqliteStore:
     def _check_usable(self) -> None:
         if self._closed:
             raise StoreError(f"{self.path}: the store is closed")
-        if self._writer is None:
+        if not self._threads:
             raise StoreError(f"{self.path}: the store is not open (await open() first)")
 
     # -- accounts -------------------------------------------------------------
