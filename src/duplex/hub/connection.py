@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 
 from duplex.errors import DuplexError
 from duplex.protocol.events import Event, TimedOut
-from duplex.protocol.hub import HubServerSession
+from duplex.protocol.hub import HubServerSession, State
 from duplex.timers import LazyTimer
 from duplex.wire.messages import Message
 
@@ -83,8 +83,21 @@ class HubConnection(asyncio.Protocol):
         self._timer.arm()
 
     def data_received(self, data: bytes) -> None:
-        self.session.receive_data(data, self.loop.time())
-        self._after()
+        # The hot path: no TimedOut can come from data, and in READY data only moves
+        # the deadline later (the lazy timer re-reads it when it fires), so neither
+        # is looked at here; events go to the hub without a queue unless it is busy.
+        session = self.session
+        session.receive_data(data, self.loop.time())
+        if session.has_output:  # a Pong, or an Error before closing
+            self._flush()
+        events = session.events_received()
+        if events:
+            if self._busy:
+                self._inbox.extend(events)
+            else:
+                self._dispatch(events)
+        if session.state is not State.READY:
+            self._timer.arm()
 
     def eof_received(self) -> bool:
         self.session.receive_eof()
@@ -201,10 +214,10 @@ class HubConnection(asyncio.Protocol):
         # Frames produced while the loop works through its ready callbacks (Stored
         # answers, pushed entries, receipts) leave in one writev at the end of the
         # iteration rather than one send() each: a third of the hub's time went into
-        # those system calls.
+        # those system calls. The hub flushes every such connection from one callback.
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            self.hub.flush_later(self)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -238,6 +251,18 @@ class HubConnection(asyncio.Protocol):
                 self._pump()
         self._timer.arm()
 
+    def _dispatch(self, events: list[Event]) -> None:
+        """Hands ``events`` to the hub in order; the rest wait in the inbox behind one
+        whose handler suspends (see :meth:`_pump`)."""
+        handle = self.hub.handle
+        for i, event in enumerate(events):
+            pending = handle(self, event)
+            if pending is not None:
+                self._inbox.extend(events[i + 1 :])
+                self._busy = True
+                self.hub.track(self.loop.create_task(self._wait(pending)))
+                return
+
     def _pump(self) -> None:
         """Hands events to the hub in order; waits when the hub must finish one first."""
         inbox = self._inbox
@@ -267,3 +292,4 @@ class HubConnection(asyncio.Protocol):
             self._flush()
             if self._inbox:
                 self._pump()
+            self._timer.arm()  # a login may have moved the deadline

@@ -173,6 +173,7 @@ class Hub:
         self._send_buckets: dict[str, TokenBucket] = {}
         self._known_users: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._dirty: list[HubConnection] = []  # connections with frames to write
         self._storing = 0  # writes (messages, acks) handed to the store, not answered yet
         self._handlers: dict[
             type[m.Message], Callable[[HubConnection, Any], Awaitable[None] | None]
@@ -212,6 +213,18 @@ class Hub:
         await self.broker.start(self._on_routed)
         self._refresher = self.loop.create_task(self._refresh_presence())
         self._stats_task = self.loop.create_task(self._refresh_stats())
+
+    def flush_later(self, conn: HubConnection) -> None:
+        """Writes what ``conn`` queued at the end of this turn of the loop, with every
+        other connection that queued something (one callback for all of them)."""
+        if not self._dirty:
+            self.loop.call_soon(self._flush_dirty)
+        self._dirty.append(conn)
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn._flush()
 
     def protocol_factory(self) -> HubConnection:
         """Makes the protocol of a new connection (for ``loop.create_server``)."""

@@ -197,6 +197,11 @@ class _Session:
             self._events = []
         return events
 
+    @property
+    def has_output(self) -> bool:
+        """True when :meth:`data_to_send` has something."""
+        return bool(self._out)
+
     def data_to_send(self) -> list[bytes]:
         """Returns and forgets the bytes to write; ``b""`` means close after writing."""
         out = self._out
