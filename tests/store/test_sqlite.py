@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -674,3 +675,70 @@ def test_staged_sends_and_acks_in_any_order_give_one_receipt_each(
     conn.close()
     assert undelivered == 0
     assert receipt_rows[0] > 1000
+
+
+def test_a_journal_replayed_over_its_own_apply_changes_nothing(tmp_path: Path) -> None:
+    """A crash between an apply and the journal commit that deletes its rows: the
+    next open replays rows the tables already hold. Entries are skipped (an entry is
+    its mailbox and sequence), marks, cursors and mailbox states written again."""
+    src, dst = tmp_path / "live" / "hub.db", tmp_path / "copy" / "hub.db"
+    dst.parent.mkdir()
+
+    async def body(store: SqliteStore) -> None:
+        sent = [
+            await store.store_message(NewMessage("alice", "bob", new_id(), f"m{i}", i))
+            for i in range(5)
+        ]
+        assert len(await store.ack("bob", "phone", 3, 9)) == 3
+        await store._apply_now()
+        assert store._deletable > store._deleted  # applied, rows not yet deleted
+        for suffix in ("", "-wal", ".log", ".log-wal", ".hwm"):
+            shutil.copyfile(f"{src}{suffix}", f"{dst}{suffix}")
+        assert sent[-1].entry.seq == 5
+
+    _run(SqliteStore(src), body)
+
+    async def after(store: SqliteStore) -> None:
+        assert [e.body for e in await store.fetch("bob", 0, 10)] == [f"m{i}" for i in range(5)]
+        assert [e.kind for e in await store.fetch("alice", 0, 10)] == ["receipt"] * 3
+        stats = await store.stats()
+        assert (stats.messages, stats.delivered) == (5, 3)
+        assert len(await store.ack("bob", "phone", 5, 10)) == 2  # the rest, once
+
+    _run(SqliteStore(dst), after)
+    with sqlite3.connect(f"{dst}.log") as log:
+        assert log.execute("SELECT count(*) FROM journal").fetchone()[0] == 0
+    log.close()
+
+
+def test_a_journal_of_another_database_is_refused(tmp_path: Path) -> None:
+    """The journal beside a database must be its own: another's would be applied to
+    the wrong mailboxes."""
+    for name in ("a", "b"):
+        _make_db(tmp_path / name / "hub.db", messages=8)
+    shutil.copyfile(tmp_path / "a" / "hub.db.log", tmp_path / "b" / "hub.db.log")
+    Path(tmp_path / "b" / "hub.db.hwm").unlink()  # so that the journal's own check speaks
+    with pytest.raises(StoreCorrupt, match="belongs to another database"):
+        asyncio.run(SqliteStore(tmp_path / "b" / "hub.db").open())
+
+
+def test_a_mark_written_before_the_journal_had_its_file_is_read(tmp_path: Path) -> None:
+    """A format-1 mark (no journal count) still guards the database, then is rewritten."""
+    db = tmp_path / "hub.db"
+    _make_db(db, messages=8)
+    with sqlite3.connect(db) as conn:
+        store_id = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
+        commits = int(conn.execute("SELECT value FROM meta WHERE key = 'commits'").fetchone()[0])
+    conn.close()
+    mark = Path(f"{db}.hwm")
+
+    def v1(count: int) -> bytes:
+        body = b"duplex-hwm1 %s %d" % (store_id.encode(), count)
+        return (b"%s %08x" % (body, zlib.crc32(body))).ljust(95) + b"\n"
+
+    mark.write_bytes(v1(commits + 1))  # one more than the database holds
+    with pytest.raises(StoreCorrupt, match="database's history is shorter"):
+        asyncio.run(SqliteStore(db).open())
+    mark.write_bytes(v1(commits))
+    _run(SqliteStore(db), lambda s: None)
+    assert mark.read_bytes().startswith(b"duplex-hwm2 ")
