@@ -19,6 +19,10 @@ payload, QoS 1, the next publish on the broker's PUBACK as the next duplex messa
 ``stored``; the client on the clients' CPU, the broker where the OS puts it. It prints
 the broker's figures and duplex's rate as a ratio of them. The broker keeps nothing on
 disk; duplex fsyncs every message before it says ``stored``.
+
+Each line also gives the server's CPU time per message (the hub's over the measured
+seconds; the broker's, when it runs here, over the whole run): on a shared machine it
+moves less from run to run than the rate does.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ def _line(label: str, result: RelayResult) -> str:
         f"{label:<32} {result.per_second:>10,.0f} msg/s   p50 {lat['p50']:7.2f} ms   "
         f"p99 {lat['p99']:7.2f} ms   max {lat['max']:8.2f} ms   errors {result.errors}   "
         f"client CPU {result.generator_cpu:4.0%}   hub CPU {result.server_cpu or 0.0:4.0%}"
+        + (f" = {result.server_us:.0f} us/msg" if result.server_us else "")
         # Left in flight by the run before (replayed at login): acked, not counted.
         + (f"   stale {result.stale}" if result.stale else "")
     )
@@ -162,6 +167,14 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
             print(f"duplex / mosquitto QoS 1, closed loop: {ratio:.2f} (medians)")
         else:
             print(f"duplex / mosquitto QoS 1, closed loop: {ratio:.2f}")
+        hub_us = [c.server_us for c in closed_runs if c.server_us]
+        broker_us = [float(m["broker_us"]) for m in mqtt_runs if "broker_us" in m]
+        if hub_us and broker_us:
+            mine, theirs = statistics.median(hub_us), statistics.median(broker_us)
+            print(
+                f"CPU per message: duplex {mine:.0f} us, mosquitto {theirs:.0f} us "
+                f"({mine / theirs:.1f}x)"
+            )
         for i, mqtt in enumerate(mqtt_runs):
             results.append({"mode": "mosquitto-qos1", "run": i + 1, **mqtt, "duplex_ratio": ratio})
     return results
@@ -176,10 +189,11 @@ async def _mqtt(args: argparse.Namespace, cpus: list[int]) -> dict[str, Any]:
 
 
 def _mqtt_line(label: str, mqtt: dict[str, Any]) -> str:
+    broker = f", broker {mqtt['broker_us']:.0f} us/msg" if "broker_us" in mqtt else ""
     return (
         f"{label:<32} {mqtt['msgs_per_s']:>10,.0f} msg/s   p50 {mqtt['p50_ms']:7.2f} ms   "
         f"p99 {mqtt['p99_ms']:7.2f} ms   max {mqtt['max_ms']:8.2f} ms   "
-        f"(C client, CPU {mqtt['cpu']:4.0%})"
+        f"(C client, CPU {mqtt['cpu']:4.0%}{broker})"
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from duplex.bench.reference import find_compiler, run_mqtt_pairs
+from duplex.bench.reference import find_compiler, listener_pid, run_mqtt_pairs
 from duplex.bench.spec import BenchError
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "hub_relay.py"
@@ -74,6 +74,12 @@ def test_reference_gives_the_brokers_figures_and_the_ratio(tmp_path: Path) -> No
     assert mqtt["pairs"] == 3 and mqtt["messages"] > 0
     assert mqtt["p50_ms"] <= mqtt["p99_ms"] <= mqtt["max_ms"]
     assert mqtt["duplex_ratio"] == pytest.approx(closed["per_second"] / mqtt["msgs_per_s"])
+    # CPU per message: the hub's always, the broker's when it runs on this machine.
+    assert closed["server_us"] == pytest.approx(closed["server_cpu"] / closed["per_second"] * 1e6)
+    assert f"{closed['server_us']:.0f} us/msg" in done.stdout
+    if listener_pid(int(MQTT.rpartition(":")[2])) is not None:
+        assert mqtt["broker_us"] > 0
+        assert "CPU per message: duplex" in done.stdout
 
 
 def test_repeat_alternates_with_the_reference_and_takes_medians(tmp_path: Path) -> None:

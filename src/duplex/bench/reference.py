@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -32,6 +33,7 @@ __all__ = [
     "build_reference",
     "find_compiler",
     "find_reference_source",
+    "listener_pid",
     "parse_broker",
     "run_mqtt_pairs",
 ]
@@ -152,6 +154,21 @@ def parse_broker(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def listener_pid(port: int) -> int | None:
+    """The pid of the process listening on TCP ``port`` on this machine, or None (a
+    broker on another host, or not allowed to see it)."""
+    import psutil
+
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            return int(conn.pid) if conn.pid is not None else None
+    return None
+
+
 def run_mqtt_pairs(
     broker: str,
     *,
@@ -165,7 +182,8 @@ def run_mqtt_pairs(
 ) -> dict[str, float]:
     """Runs the MQTT reference client against ``broker`` (``host:port``) and returns
     its figures: ``msgs_per_s``, ``p50_ms``, ``p99_ms``, ``max_ms`` and ``cpu`` (the
-    client's, in cores).
+    client's, in cores); and, when the broker runs on this machine, ``broker_us``: its
+    CPU time per message (the whole run, warm-up included, over its messages).
 
     Args:
         broker: the MQTT broker's IPv4 address and port.
@@ -183,6 +201,10 @@ def run_mqtt_pairs(
     args += ["-q", str(qos), "-s", str(max(8, payload)), "-d", str(duration), "-w", str(warmup)]
     if cpu is not None:
         args += ["-c", str(cpu)]
+    from duplex.bench.machine import process_cpu_seconds
+
+    pid = listener_pid(port)
+    before = _cpu_or_none(process_cpu_seconds, pid)
     try:
         done = subprocess.run(
             args, capture_output=True, text=True, timeout=duration + warmup + 60, check=False
@@ -192,8 +214,22 @@ def run_mqtt_pairs(
     if done.returncode != 0:
         detail = done.stderr.strip().splitlines()
         raise BenchError(detail[-1] if detail else f"mqtt_pairs exited {done.returncode}")
+    after = _cpu_or_none(process_cpu_seconds, pid)
     try:
         result = json.loads(done.stdout)
     except json.JSONDecodeError as exc:
         raise BenchError(f"mqtt_pairs printed no result: {done.stdout[:200]!r}") from exc
-    return {key: float(value) for key, value in result.items()}
+    figures = {key: float(value) for key, value in result.items()}
+    messages = figures.get("msgs_per_s", 0.0) * (duration + warmup)
+    if before is not None and after is not None and messages > 0:
+        figures["broker_us"] = (after - before) / messages * 1e6
+    return figures
+
+
+def _cpu_or_none(read: Any, pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        return float(read(pid))
+    except Exception:  # gone, or not ours to read: the figure is left out
+        return None
