@@ -191,7 +191,7 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
 
 
 def test_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
-    """A database made before migrations 2 and 3 keeps its messages, dedupe, receipts
+    """A database made before migrations 2 to 4 keeps its messages, dedupe, receipts
     and history."""
     from duplex.store.migrate import SCHEMA_VERSION_DDL
 
@@ -230,7 +230,7 @@ def test_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(f"{db}.log") as log:
         journal = log.execute("SELECT count(*) FROM journal").fetchone()[0]
     log.close()
-    assert versions == [1, 2, 3]
+    assert versions == [1, 2, 3, 4]
     assert "entries_receipt" not in indexes and "entries_history" not in indexes
     assert columns == ["msg_id", "peer"]
     assert journal == 0  # applied at close
@@ -317,8 +317,8 @@ def test_a_group_commit_appends_to_the_message_id_index(tmp_path: Path) -> None:
 def test_an_ack_sees_a_message_of_its_own_batch(tmp_path: Path) -> None:
     """A device may ack "everything" (a sequence past the end) while a message to it
     is staged in the same batch: that message must be marked delivered and get its
-    receipt, not be passed over by ``acked_seq``. Its row is written once, already
-    delivered; the cursors once, at the apply."""
+    receipt, not be passed over by ``acked_seq``. The cursors are written once, at the
+    apply."""
 
     async def body(store: SqliteStore) -> None:
         first = store.stage_message(NewMessage("alice", "bob", new_id(), "one", 1))
@@ -334,48 +334,48 @@ def test_an_ack_sees_a_message_of_its_own_batch(tmp_path: Path) -> None:
 
     _run(SqliteStore(tmp_path / "hub.db"), body)
     with sqlite3.connect(tmp_path / "hub.db") as conn:
-        rows = conn.execute(
-            "SELECT mailbox, kind, delivered FROM entries ORDER BY mailbox, seq"
-        ).fetchall()
+        rows = conn.execute("SELECT mailbox, kind FROM entries ORDER BY mailbox, seq").fetchall()
+        boxes = conn.execute("SELECT mailbox, acked_seq, delivered FROM mailboxes ORDER BY 1")
+        acked = boxes.fetchall()
         cursors = conn.execute("SELECT mailbox, device, seq FROM cursors ORDER BY 2").fetchall()
     conn.close()
-    assert rows == [("alice", "receipt", None), ("bob", "msg", 2), ("dave", "msg", None)]
+    assert rows == [("alice", "receipt"), ("bob", "msg"), ("dave", "msg")]
+    assert acked == [("alice", 0, 0), ("bob", 1, 1), ("dave", 0, 0)]
     assert cursors == [("bob", "laptop", 1), ("bob", "phone", 1)]
 
 
-def test_a_message_acked_before_its_apply_is_written_once(tmp_path: Path) -> None:
-    """The point of the journal: a message acked before the journal is applied goes
-    into ``entries`` once, with its delivery time; one acked after its apply is
-    marked with an UPDATE. Nothing is lost across a crash in between: the journal
-    row of each commit replays both (see test_crash_keeps_every_acked_message)."""
+def test_entries_are_written_once_and_never_updated(tmp_path: Path) -> None:
+    """Delivery lives in the mailbox (``acked_seq``), not in each message's row: a
+    message acked before the journal is applied and one acked after it are both
+    written once, and no statement ever updates ``entries``; a resend still says
+    which was delivered."""
 
     async def body(store: SqliteStore) -> None:
         conn = store._tconn
         assert conn is not None
-        updates: list[str] = []
+        written: list[str] = []
         conn.set_trace_callback(
-            lambda sql: updates.append(sql) if sql.startswith("UPDATE entries") else None
+            lambda sql: written.append(sql.split()[0]) if " entries " in f"{sql} " else None
         )
         early = await store.store_message(NewMessage("alice", "bob", new_id(), "early", 1))
         assert store.apply_count == 0  # in the journal, not yet in the tables
         await store.ack("bob", "phone", early.entry.seq, 2)
         await store._apply_now()
-        assert updates == []
         late = await store.store_message(NewMessage("alice", "bob", new_id(), "late", 3))
+        unacked = await store.store_message(NewMessage("alice", "bob", new_id(), "unacked", 4))
         await store._apply_now()
-        await store.ack("bob", "phone", late.entry.seq, 4)
+        await store.ack("bob", "phone", late.entry.seq, 5)
         await store._apply_now()
-        assert len(updates) == 1
         conn.set_trace_callback(None)
+        assert set(written) == {"INSERT"}
         assert [e.kind for e in await store.fetch("alice", 0, 10)] == ["receipt", "receipt"]
+        for stored, delivered in ((early, True), (late, True), (unacked, False)):
+            again = await store.store_message(
+                NewMessage("alice", "bob", stored.entry.msg_id, "again", 9)
+            )
+            assert (again.duplicate, again.delivered) == (True, delivered)
 
     _run(SqliteStore(tmp_path / "hub.db"), body)
-    with sqlite3.connect(tmp_path / "hub.db") as conn:
-        rows = conn.execute(
-            "SELECT body, delivered FROM entries WHERE kind = 'msg' ORDER BY seq"
-        ).fetchall()
-    conn.close()
-    assert rows == [("early", 2), ("late", 4)]
 
 
 # -- integrity ------------------------------------------------------------------
@@ -666,15 +666,12 @@ def test_staged_sends_and_acks_in_any_order_give_one_receipt_each(
 
     _run(SqliteStore(tmp_path / "hub.db", synchronous="NORMAL", apply_after=apply_after), body)
     with sqlite3.connect(tmp_path / "hub.db") as conn:
-        undelivered = conn.execute(
-            "SELECT count(*) FROM entries WHERE kind = 'msg' AND delivered IS NULL"
-        ).fetchone()[0]
-        receipt_rows = conn.execute(
-            "SELECT count(*) FROM entries WHERE kind = 'receipt'"
-        ).fetchone()
+        boxes = conn.execute("SELECT messages, delivered FROM mailboxes").fetchall()
+        receipt_rows = conn.execute("SELECT count(*) FROM entries WHERE kind = 'receipt'")
+        receipts_written = receipt_rows.fetchone()[0]
     conn.close()
-    assert undelivered == 0
-    assert receipt_rows[0] > 1000
+    assert all(messages == delivered for messages, delivered in boxes), boxes
+    assert receipts_written > 1000
 
 
 def test_a_journal_replayed_over_its_own_apply_changes_nothing(tmp_path: Path) -> None:

@@ -24,20 +24,22 @@ connection the first time it is touched.
 Two threads write, each to a file of its own, so neither waits for the other:
 
 * the **journal writer** makes each batch durable as ONE row of the ``journal``
-  table in ``<db>.log``: the batch's new entries, delivered marks, cursors and the
-  new state of the mailboxes it touched, as a MessagePack blob. That is one B-tree
-  insert and a few pages of log per commit, however many messages it carries;
+  table in ``<db>.log``: the batch's new entries, cursors and the new state of the
+  mailboxes it touched, as a MessagePack blob. That is one B-tree insert and a few
+  pages of log per commit, however many messages it carries;
 * the **table writer** applies what the journal holds to the tables of ``<db>``
   every :data:`APPLY_AFTER` seconds (sooner past :data:`APPLY_ENTRIES` entries or
   :data:`APPLY_BYTES` bytes), in one transaction with one ``executemany`` per table,
-  and runs the rare account, token and contact changes. By the time an entry is
-  applied its message has nearly always been acked, so it is inserted once, with its
-  delivery time, instead of inserted, updated and answered by a receipt row in three
-  transactions; and a big apply writes each index page it touches once. (Applied
-  with every commit instead, in one file, the entries' index spread each commit over
-  about a hundred pages of log: the writers took 39 us of CPU per relayed message
-  against 21 now, per-thread figures during ``benchmarks/hub_relay.py``.) The next
-  journal commit deletes the rows an apply covered.
+  and runs the rare account, token and contact changes. A big apply writes each index
+  page it touches once. (Applied with every commit instead, in one file, the
+  entries' index spread each commit over about a hundred pages of log: the writers
+  took 39 us of CPU per relayed message against 21 now, per-thread figures during
+  ``benchmarks/hub_relay.py``.) The next journal commit deletes the rows an apply
+  covered.
+
+An entry is written once and never updated: whether a message is delivered is a fact
+about its mailbox (every message at or below ``acked_seq`` is, none above it is), and
+when, the ``ts`` of its receipt (migration 4 dropped the entries' ``delivered``).
 
 Durability and its price
 ------------------------
@@ -192,9 +194,8 @@ commits, for 1.2 ms more at the median (``benchmarks/hub_relay.py --rate 5000``)
 A lone message still goes at once: the wait only applies right after a commit."""
 
 APPLY_AFTER: Final = 0.5
-"""Seconds at most between an entry's journal commit and its apply to the tables. By
-then nearly every message has been acked, so its row is written once, already
-delivered; and an apply of many entries writes each index page it touches once."""
+"""Seconds at most between an entry's journal commit and its apply to the tables: an
+apply of many entries writes each index page it touches once."""
 
 APPLY_ENTRIES: Final = 16384
 """Entries in the journal, not yet in the tables, past which an apply starts at once.
@@ -330,7 +331,6 @@ class _Batch:
         "finished",
         "journal",
         "journal_id",
-        "marks",
         "ops",
         "states",
         "tops",
@@ -338,7 +338,6 @@ class _Batch:
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
-        self.marks: list[tuple[int, str, int]] = []
         self.cursors: dict[tuple[str, str], tuple[int, int]] = {}
         self.boxes: dict[str, _Box] = {}
         self.done: list[_Done] = []
@@ -368,11 +367,10 @@ class _Request:
 class _Apply:
     """What one apply writes to the tables: the journal up to ``journal_upto``."""
 
-    __slots__ = ("boxes", "cursors", "error", "journal_upto", "rows", "tops", "updates", "waiters")
+    __slots__ = ("boxes", "cursors", "entries", "error", "journal_upto", "tops", "waiters")
 
     def __init__(self) -> None:
-        self.rows: list[tuple[Any, ...]] = []
-        self.updates: list[tuple[int, str, int]] = []
+        self.entries: list[Entry] = []
         self.cursors: list[tuple[str, str, int, int]] = []
         self.boxes: list[tuple[str, int, int, int, int]] = []
         self.tops: dict[str, int] = {}
@@ -391,12 +389,11 @@ class _TableWork:
         self.apply = apply
 
 
-# What one journal row holds: new entries, (ts, mailbox, seq) delivered marks,
-# (mailbox, device, seq, ts) cursors, and (mailbox, last_seq, acked_seq, messages,
-# delivered) mailbox states, in the order they happened.
+# What one journal row holds: new entries, (mailbox, device, seq, ts) cursors, and
+# (mailbox, last_seq, acked_seq, messages, delivered) mailbox states, in the order they
+# happened. (Which messages are delivered is in the states: those up to acked_seq.)
 _JournalOps = tuple[
     list[Entry],
-    list[tuple[int, str, int]],
     list[tuple[str, str, int, int]],
     list[tuple[str, int, int, int, int]],
 ]
@@ -411,10 +408,8 @@ CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY, ops BLOB NOT NULL);
 """The journal's own file (see the module doc): its rows and its own commit count."""
 
 _INSERT_ENTRY = (
-    "INSERT INTO entries (mailbox, seq, kind, peer, msg_id, body, ts, delivered)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO entries (mailbox, seq, kind, peer, msg_id, body, ts) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_MARK_DELIVERED = "UPDATE entries SET delivered = ? WHERE mailbox = ? AND seq = ?"
 _UPSERT_BOX = (
     "INSERT INTO mailboxes (mailbox, last_seq, acked_seq, messages, delivered)"
     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (mailbox) DO UPDATE SET"
@@ -447,22 +442,20 @@ _HISTORY = (
 
 def _write_ops(
     conn: sqlite3.Connection,
-    rows: list[tuple[Any, ...]],
-    updates: list[tuple[int, str, int]],
+    entries: list[Entry],
     cursors: list[tuple[str, str, int, int]],
     boxes: list[tuple[str, int, int, int, int]],
     *,
     replay: bool = False,
 ) -> None:
-    """Writes entries, delivered marks, cursors and mailbox states to the tables.
+    """Writes entries, cursors and mailbox states to the tables.
 
     ``replay``: the entries may be there already (a replayed journal row that an apply
     covered before the crash): an entry is its (mailbox, seq), so those are skipped.
     """
-    if rows:
-        conn.executemany(_INSERT_ENTRY.replace("INSERT", "INSERT OR IGNORE", replay), rows)
-    if updates:
-        conn.executemany(_MARK_DELIVERED, updates)
+    if entries:
+        statement = _INSERT_ENTRY.replace("INSERT", "INSERT OR IGNORE", replay)
+        conn.executemany(statement, map(msgspec.structs.astuple, entries))
     if cursors:
         conn.executemany(_UPSERT_CURSOR, cursors)
     if boxes:
@@ -471,9 +464,8 @@ def _write_ops(
 
 def _replay_journal(conn: sqlite3.Connection, blob: bytes) -> int:
     """Writes one journal row's changes to the tables; returns its entry count."""
-    entries, marks, cursors, boxes = _journal_decoder.decode(blob)
-    rows = [(e.user, e.seq, e.kind, e.peer, e.msg_id, e.body, e.ts, None) for e in entries]
-    _write_ops(conn, rows, marks, cursors, boxes, replay=True)
+    entries, cursors, boxes = _journal_decoder.decode(blob)
+    _write_ops(conn, entries, cursors, boxes, replay=True)
     return len(entries)
 
 
@@ -560,7 +552,6 @@ class SqliteStore:
         self._room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         # Loop side: what the journal holds and the tables do not yet (see _apply).
         self._ready_entries: list[Entry] = []
-        self._ready_marks: list[tuple[int, str, int]] = []
         self._ready_cursors: dict[tuple[str, str], tuple[int, int]] = {}
         self._ready_boxes: dict[str, tuple[str, int, int, int, int]] = {}
         self._ready_bytes = 0
@@ -978,7 +969,7 @@ class SqliteStore:
                 conn.execute("RELEASE request")
             job = work.apply
             if job is not None:
-                _write_ops(conn, job.rows, job.updates, job.cursors, job.boxes)
+                _write_ops(conn, job.entries, job.cursors, job.boxes)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (self._commits + 1,))
             conn.execute("COMMIT")
         except BaseException:
@@ -1074,11 +1065,10 @@ class SqliteStore:
         batch.tops = [(box, box.last_seq) for box in boxes]
         self._journal_id += 1
         batch.journal_id = self._journal_id
-        if batch.entries or batch.marks or batch.cursors or batch.states:
+        if batch.entries or batch.cursors or batch.states:
             batch.journal = _journal_encoder.encode(
                 (
                     batch.entries,
-                    batch.marks,
                     [(*key, seq, ts) for key, (seq, ts) in batch.cursors.items()],
                     batch.states,
                 )
@@ -1102,7 +1092,6 @@ class SqliteStore:
             if not self._ready_since:
                 self._ready_since = time.monotonic()
             self._ready_entries += batch.entries
-            self._ready_marks += batch.marks
             self._ready_cursors.update(batch.cursors)  # ack folding keeps the max
             for state in batch.states:
                 self._ready_boxes[state[0]] = state
@@ -1161,18 +1150,14 @@ class SqliteStore:
                 self._apply_timer = self._loop.call_later(wait, self._apply_due)
             return
         job = self._applying = _Apply()
-        marks = {(name, seq): ts for ts, name, seq in self._ready_marks}
-        rows = job.rows
-        for e in self._ready_entries:
-            delivered = marks.pop((e.user, e.seq), None) if e.kind == "msg" else None
-            rows.append((e.user, e.seq, e.kind, e.peer, e.msg_id, e.body, e.ts, delivered))
-            job.tops[e.user] = e.seq
-        job.updates = [(ts, name, seq) for (name, seq), ts in marks.items()]
+        job.entries = self._ready_entries
         job.cursors = [(*key, seq, ts) for key, (seq, ts) in self._ready_cursors.items()]
         job.boxes = list(self._ready_boxes.values())
+        # Every entry a box had in the journal at its last state is in this apply.
+        job.tops = {name: state[1] for name, state in self._ready_boxes.items()}
         job.journal_upto = self._ready_upto
         job.waiters, self._apply_waiters = self._apply_waiters, []
-        self._ready_entries, self._ready_marks = [], []
+        self._ready_entries = []
         self._ready_cursors, self._ready_boxes = {}, {}
         self._ready_bytes = 0
         self._ready_since = 0.0
@@ -1422,11 +1407,11 @@ class SqliteStore:
         for entry in box.tail[max(0, start + 1 - first) : max(0, upto + 1 - first)]:
             if entry.kind == "msg":
                 found.append((entry.seq, entry.peer, entry.msg_id))
-        receipts = []
-        name, marks = box.name, batch.marks
-        for seq, sender, msg_id in found:
-            marks.append((ts, name, seq))
-            receipts.append(self._append(batch, self._box(sender), "receipt", name, msg_id, "", ts))
+        name = box.name
+        receipts = [
+            self._append(batch, self._box(sender), "receipt", name, msg_id, "", ts)
+            for _seq, sender, msg_id in found
+        ]
         box.delivered += len(found)
         return receipts
 
