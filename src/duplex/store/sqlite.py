@@ -134,6 +134,7 @@ import dataclasses
 import functools
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -570,10 +571,9 @@ class SqliteStore:
         self._far_ids: dict[tuple[str, bytes], tuple[str, int]] = {}
         self._horizon = 0
         # The two writer threads: journal commits, and the tables.
-        self._jqueue: collections.deque[_Batch] = collections.deque()
-        self._tqueue: collections.deque[_TableWork] = collections.deque()
-        self._cond = threading.Condition()
-        self._stopping = False
+        # (queue.SimpleQueue: a put is one C call that wakes only its own writer.)
+        self._jqueue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._tqueue: queue.SimpleQueue[_TableWork | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._reader: ThreadPoolExecutor | None = None
         self._rsem: asyncio.Semaphore | None = None
@@ -627,9 +627,8 @@ class SqliteStore:
                 if self._deletable > self._deleted:
                     await self._journal_cleanup()
         self._closed = True
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
+        self._jqueue.put(None)  # after everything handed over before
+        self._tqueue.put(None)
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
         if self._reader is not None:
@@ -873,21 +872,14 @@ class SqliteStore:
 
     # -- the writer threads ---------------------------------------------------
 
-    def _next_work(self, queue: collections.deque[Any]) -> Any:
-        """Waits for the next item of ``queue`` (None: stop). The mark is synced after
-        a short idle, and at least once a second under load (see the module doc)."""
+    def _next_work(self, work: queue.SimpleQueue[T | None]) -> T | None:
+        """Waits for the next item of ``work`` (None: stop). The mark is synced after a
+        short idle, and at least once a second under load (see the module doc)."""
         while True:
-            with self._cond:
-                while not queue and not self._stopping:
-                    if not self._hwm_dirty:
-                        self._cond.wait()
-                    elif not self._cond.wait(_HWM_IDLE):
-                        break
-                if queue:
-                    return queue.popleft()
-                if self._stopping:
-                    return None
-            self._sync_hwm()
+            try:
+                return work.get(timeout=_HWM_IDLE) if self._hwm_dirty else work.get()
+            except queue.Empty:
+                self._sync_hwm()
 
     def _journal_main(self) -> None:
         conn = self._jconn
@@ -1022,11 +1014,6 @@ class SqliteStore:
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
-    def _hand_over(self, queue: collections.deque[Any], item: object) -> None:
-        with self._cond:
-            queue.append(item)
-            self._cond.notify_all()
-
     # -- the loop side: journal batches -----------------------------------------
 
     def _stage_soon(self, batch: _Batch) -> None:
@@ -1076,7 +1063,7 @@ class SqliteStore:
         if self._deletable > self._deleted:
             batch.delete_upto = self._deletable
         self._inflight += 1
-        self._hand_over(self._jqueue, batch)
+        self._jqueue.put(batch)
 
     def _journaled(self, batch: _Batch) -> None:
         """On the loop: ``batch`` is in the journal (or failed); tell everyone who waits,
@@ -1162,7 +1149,7 @@ class SqliteStore:
         self._ready_bytes = 0
         self._ready_since = 0.0
         requests, self._requests = self._requests, []
-        self._hand_over(self._tqueue, _TableWork(requests, job))
+        self._tqueue.put(_TableWork(requests, job))
 
     def _apply_due(self) -> None:
         self._apply_timer = None
@@ -1256,7 +1243,7 @@ class SqliteStore:
         done: asyncio.Future[StoreError | None] = self._loop.create_future()
         batch.done.append(done.set_result)
         self._inflight += 1
-        self._hand_over(self._jqueue, batch)
+        self._jqueue.put(batch)
         await done
 
     # -- the loop side: staging -----------------------------------------------
@@ -1492,7 +1479,7 @@ class SqliteStore:
         that leaves meanwhile takes them along)."""
         if self._requests:
             requests, self._requests = self._requests, []
-            self._hand_over(self._tqueue, _TableWork(requests, None))
+            self._tqueue.put(_TableWork(requests, None))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_usable()
