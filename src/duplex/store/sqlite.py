@@ -221,7 +221,6 @@ _SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
 # Primary result codes (the low byte of an extended code).
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
-_SQLITE_IOERR = 10
 _SQLITE_CORRUPT = 11
 _SQLITE_FULL = 13
 _SQLITE_NOTADB = 26
@@ -368,7 +367,7 @@ class _Request:
 class _Apply:
     """What one apply writes to the tables: the journal up to ``journal_upto``."""
 
-    __slots__ = ("boxes", "cursors", "entries", "error", "journal_upto", "tops", "waiters")
+    __slots__ = ("boxes", "cursors", "entries", "journal_upto", "tops", "waiters")
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
@@ -376,7 +375,6 @@ class _Apply:
         self.boxes: list[tuple[str, int, int, int, int]] = []
         self.tops: dict[str, int] = {}
         self.journal_upto = 0
-        self.error: StoreError | None = None
         self.waiters: list[asyncio.Future[None]] = []
 
 
@@ -439,6 +437,23 @@ _HISTORY = (
     "SELECT id, mailbox, seq, peer, msg_id, body, ts FROM entries"
     " WHERE mailbox = ? AND kind = 'msg' AND peer = ? AND ts < ? ORDER BY seq DESC LIMIT ?"
 )
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection, commits: int) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, counted in the file's ``meta`` as its
+    ``commits``-th write transaction (what the high-water mark compares); rolled back
+    if the body raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (commits,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
 
 
 def _write_ops(
@@ -604,9 +619,11 @@ class SqliteStore:
             raise
         self._rsem = asyncio.Semaphore(MAX_PENDING_READS)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="duplex-store-read")
+        journal = (self._jqueue, self.log_path, self._commit_journal, self._journaled)
+        tables = (self._tqueue, self.path, self._commit_tables, self._tables_done)
         self._threads = [
-            threading.Thread(target=self._journal_main, name="duplex-store-journal", daemon=True),
-            threading.Thread(target=self._table_main, name="duplex-store-tables", daemon=True),
+            threading.Thread(target=self._writer, args=journal, name="duplex-journal", daemon=True),
+            threading.Thread(target=self._writer, args=tables, name="duplex-tables", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -701,24 +718,15 @@ class SqliteStore:
         if not ids:
             return
         entries = 0
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn, self._commits + 1):
             for row_id in ids:
                 (blob,) = log.execute("SELECT ops FROM journal WHERE id = ?", (row_id,)).fetchone()
                 entries += _replay_journal(conn, blob)
-            self._commits += 1
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (self._commits,))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.rollback()
-            raise
+        self._commits += 1
         self._write_hwm(sync=True)
+        with _transaction(log, self._log_commits + 1):
+            log.execute("DELETE FROM journal")
         self._log_commits += 1
-        log.execute("BEGIN IMMEDIATE")
-        log.execute("DELETE FROM journal")
-        log.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (self._log_commits,))
-        log.execute("COMMIT")
         self._write_hwm(sync=True)
         logger.info(
             "%s: applied %d journal rows (%d entries) left by an unclean stop",
@@ -881,69 +889,44 @@ class SqliteStore:
             except queue.Empty:
                 self._sync_hwm()
 
-    def _journal_main(self) -> None:
-        conn = self._jconn
-        assert conn is not None
-        while (batch := self._next_work(self._jqueue)) is not None:
-            if self._failed is not None:
-                batch.error = self._failed
-            else:
-                batch.error = self._run(
-                    self.log_path, functools.partial(self._commit_journal, batch)
-                )
+    def _writer(
+        self,
+        work: queue.SimpleQueue[T | None],
+        path: Path,
+        commit: Callable[[T], None],
+        done: Callable[[T, StoreError | None], None],
+    ) -> None:
+        """A writer thread: commits each item of ``work``, then ``done`` on the loop."""
+        while (item := self._next_work(work)) is not None:
+            error = self._failed or self._run(path, functools.partial(commit, item))
             if time.monotonic() - self._hwm_synced > _HWM_SYNC_INTERVAL:
                 self._sync_hwm()
-            self._answer(self._journaled, batch)
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(done, item, error)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
         self._sync_hwm()
 
     def _commit_journal(self, batch: _Batch) -> None:
         conn = self._jconn
         assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn, self._log_commits + 1):
             if batch.journal:
                 conn.execute(
                     "INSERT INTO journal (id, ops) VALUES (?, ?)", (batch.journal_id, batch.journal)
                 )
             if batch.delete_upto:
                 conn.execute("DELETE FROM journal WHERE id <= ?", (batch.delete_upto,))
-            conn.execute(
-                "UPDATE meta SET value = ? WHERE key = 'commits'", (self._log_commits + 1,)
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
         self._log_commits += 1
         self.commit_count += 1
         self.write_count += batch.ops
         self._write_hwm_after_commit()
 
-    def _table_main(self) -> None:
-        conn = self._tconn
-        assert conn is not None
-        while (work := self._next_work(self._tqueue)) is not None:
-            if self._failed is not None:
-                error: StoreError | None = self._failed
-            else:
-                error = self._run(self.path, functools.partial(self._commit_tables, work))
-            if time.monotonic() - self._hwm_synced > _HWM_SYNC_INTERVAL:
-                self._sync_hwm()
-            if work.apply is not None:
-                work.apply.error = error
-            for req in work.requests:
-                if error is not None:
-                    req.result, req.error = None, error
-            self._answer(self._tables_done, work)
-        self._sync_hwm()
-
     def _commit_tables(self, work: _TableWork) -> None:
         conn = self._tconn
         assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn, self._commits + 1):
             for req in work.requests:
                 req.result, req.error = None, None
                 conn.execute("SAVEPOINT request")
@@ -962,13 +945,6 @@ class SqliteStore:
             job = work.apply
             if job is not None:
                 _write_ops(conn, job.entries, job.cursors, job.boxes)
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (self._commits + 1,))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
         self._commits += 1
         self.commit_count += 1
         self.write_count += len(work.requests)
@@ -1006,13 +982,6 @@ class SqliteStore:
                 if self._failed is None:
                     self._failed = failed
                 return self._failed
-
-    def _answer(self, callback: Callable[[Any], None], item: object) -> None:
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(callback, item)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
 
     # -- the loop side: journal batches -----------------------------------------
 
@@ -1065,11 +1034,10 @@ class SqliteStore:
         self._inflight += 1
         self._jqueue.put(batch)
 
-    def _journaled(self, batch: _Batch) -> None:
+    def _journaled(self, batch: _Batch, error: StoreError | None) -> None:
         """On the loop: ``batch`` is in the journal (or failed); tell everyone who waits,
         and hand what is now durable on towards the tables."""
         self._inflight -= 1
-        error = batch.error
         if error is None:
             for box, top in batch.tops:
                 if top > box.durable:
@@ -1156,25 +1124,26 @@ class SqliteStore:
         if not self._closed and self._failed is None:
             self._apply_if_due()
 
-    def _tables_done(self, work: _TableWork) -> None:
+    def _tables_done(self, work: _TableWork, error: StoreError | None) -> None:
         """On the loop: a table transaction committed (or failed)."""
         for req in work.requests:
             future = req.future
             if future.done():  # the caller was cancelled; the write happened anyway
                 continue
-            if req.error is not None:
-                future.set_exception(_clone(req.error))
+            failure = error or req.error
+            if failure is not None:
+                future.set_exception(_clone(failure))
             else:
                 future.set_result(req.result)
         job = work.apply
         if job is None:
             return
         self._applying = None
-        if job.error is not None:
+        if error is not None:
             for waiter in job.waiters:
                 if not waiter.done():
-                    waiter.set_exception(_clone(job.error))
-            self._fail_waiters(job.error)
+                    waiter.set_exception(_clone(error))
+            self._fail_waiters(error)
             return
         self.apply_count += 1
         boxes = self._boxes
