@@ -739,3 +739,17 @@ def test_a_mark_written_before_the_journal_had_its_file_is_read(tmp_path: Path) 
     mark.write_bytes(v1(commits))
     _run(SqliteStore(db), lambda s: None)
     assert mark.read_bytes().startswith(b"duplex-hwm2 ")
+
+
+def test_the_table_writer_yields_the_cpu_to_the_loop(tmp_path: Path) -> None:
+    """Applies run at a lower priority than the event loop and the journal writer."""
+    from duplex.store.sqlite import TABLE_WRITER_NICE
+
+    async def body(store: SqliteStore) -> None:
+        await store.store_message(NewMessage("alice", "bob", new_id(), "x", 1))
+        await store._apply_now()
+        assert store._table_tid
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, store._table_tid) == mine + TABLE_WRITER_NICE
+
+    _run(SqliteStore(tmp_path / "hub.db"), body)
