@@ -753,3 +753,33 @@ def test_the_table_writer_yields_the_cpu_to_the_loop(tmp_path: Path) -> None:
         assert os.getpriority(os.PRIO_PROCESS, store._table_tid) == mine + TABLE_WRITER_NICE
 
     _run(SqliteStore(tmp_path / "hub.db"), body)
+
+
+def test_stats_returns_under_a_steady_stream_of_writes(tmp_path: Path) -> None:
+    """stats() and history() wait for an apply of what was journaled before the call,
+    not for a moment with nothing left to apply, which a busy hub may never have.
+    (A liveness check under 50 concurrent senders; whether the old loop would have
+    starved here depends on timing, so it is a guard, not a reproduction.)"""
+
+    async def body(store: SqliteStore) -> None:
+        stop = asyncio.Event()
+
+        async def stream(k: int) -> None:
+            i = 0
+            while not stop.is_set():
+                await store.store_message(NewMessage(f"s{k}", "bob", new_id(), "x", i))
+                i += 1
+
+        tasks = [asyncio.create_task(stream(k)) for k in range(50)]
+
+        try:
+            await asyncio.sleep(0.05)
+            for _ in range(3):
+                stats = await asyncio.wait_for(store.stats(), scaled(10))
+                assert stats.messages > 0
+                await asyncio.wait_for(store.history("s1", "bob", None, 5), scaled(10))
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+    _run(SqliteStore(tmp_path / "hub.db", synchronous="NORMAL", apply_after=0.05), body)

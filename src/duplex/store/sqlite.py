@@ -210,12 +210,13 @@ once: a flood of large messages must not grow the hub by what it stores."""
 
 TABLE_WRITER_NICE: Final = 5
 """How much lower the table writer's scheduling priority is (``nice``, added to the
-process's; the loop and the journal writer keep it). An apply is tens of milliseconds of CPU every half second; at the same
-priority the kernel shares the CPU half and half with the event loop meanwhile, and
-every message in flight waits that much longer. At nice 5 the loop gets three
-quarters of a contended CPU and the apply still keeps up (it needs about a tenth).
-``benchmarks/hub_relay.py`` at 6,000 messages/s, p99: 17-26 ms at 0, 9-11 ms at 5;
-closed loop p99 24-25 -> 17-18 ms, at the same rate (nice 10 was no better than 5)."""
+process's; the loop and the journal writer keep it). An apply is tens of milliseconds
+of CPU every half second; at the same priority the kernel shares the CPU half and
+half with the event loop meanwhile, and every message in flight waits that much
+longer. At nice 5 the loop gets three quarters of a contended CPU and the apply still
+keeps up (it needs about a tenth). ``benchmarks/hub_relay.py`` at 6,000 messages/s,
+p99: 17-26 ms at 0, 9-11 ms at 5; closed loop p99 24-25 -> 17-18 ms, at the same rate
+(nice 10 was no better than 5)."""
 
 RECENT_IDS: Final = 100_000
 """Message ids remembered after their apply, for resends found without a read."""
@@ -583,6 +584,7 @@ class SqliteStore:
         self._ready_bytes = 0
         self._ready_since = 0.0  # 0: nothing ready
         self._ready_upto = 0  # the newest journal row committed
+        self._applied_upto = 0  # the newest journal row in the tables
         self._applying: _Apply | None = None
         self._apply_waiters: list[asyncio.Future[None]] = []
         self._apply_timer: asyncio.TimerHandle | None = None
@@ -1060,14 +1062,15 @@ class SqliteStore:
                     box.durable = top
             if batch.delete_upto > self._deleted:
                 self._deleted = batch.delete_upto
-            if not self._ready_since:
-                self._ready_since = time.monotonic()
-            self._ready_entries += batch.entries
-            self._ready_cursors.update(batch.cursors)  # ack folding keeps the max
-            for state in batch.states:
-                self._ready_boxes[state[0]] = state
-            self._ready_bytes += batch.bytes
-            self._ready_upto = batch.journal_id
+            if batch.journal:  # (a batch may carry only a deletion)
+                if not self._ready_since:
+                    self._ready_since = time.monotonic()
+                self._ready_entries += batch.entries
+                self._ready_cursors.update(batch.cursors)  # ack folding keeps the max
+                for state in batch.states:
+                    self._ready_boxes[state[0]] = state
+                self._ready_bytes += batch.bytes
+                self._ready_upto = batch.journal_id
         self._finish(batch, error)
         if error is not None:
             # What was staged after this batch assumed it: it cannot be committed.
@@ -1168,7 +1171,7 @@ class SqliteStore:
             if top > box.applied:
                 del box.tail[: top - box.applied]
                 box.applied = top
-        self._deletable = job.journal_upto
+        self._deletable = self._applied_upto = job.journal_upto
         self._forget_ids()
         for waiter in job.waiters:
             if not waiter.done():
@@ -1209,7 +1212,10 @@ class SqliteStore:
             raise _clone(self._failed)
         await self._durable()
         assert self._loop is not None
-        while self._ready_since or self._applying is not None:
+        # Up to the journal row committed last, not "until nothing is left": under a
+        # steady load there is always more, and stats() would never return.
+        target = self._ready_upto
+        while self._applied_upto < target and (self._ready_since or self._applying):
             waiter: asyncio.Future[None] = self._loop.create_future()
             if self._applying is not None:
                 self._applying.waiters.append(waiter)
