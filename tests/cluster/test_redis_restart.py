@@ -74,6 +74,12 @@ def test_redis_restart_loses_nothing_and_routing_recovers(
                 # node 1 at once: nothing else (no resync, no login) would bring it now.
                 # (The bound allows for one PostgreSQL deadlock retry, which waits for
                 # the server's deadlock_timeout, 1 s by default.)
+                # alice hears "stored" on her own connection; nothing orders it with bob's
+                # copy, so wait for it rather than read it at the instant bob has his.
+                assert await alice.wait_state(msg_id, "stored", scaled(5)) in (
+                    "stored",
+                    "delivered",
+                )
                 assert alice.state_of(msg_id) in (("stored", "relayed"), ("delivered", "relayed"))
                 assert took < scaled(2.5), f"took {took:.2f} s"
                 print(
