@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import platformdirs
 
@@ -201,10 +200,8 @@ def run_mqtt_pairs(
     args += ["-q", str(qos), "-s", str(max(8, payload)), "-d", str(duration), "-w", str(warmup)]
     if cpu is not None:
         args += ["-c", str(cpu)]
-    from duplex.bench.machine import process_cpu_seconds
-
     pid = listener_pid(port)
-    before = _cpu_or_none(process_cpu_seconds, pid)
+    before = _cpu_or_none(pid)
     try:
         done = subprocess.run(
             args, capture_output=True, text=True, timeout=duration + warmup + 60, check=False
@@ -214,7 +211,7 @@ def run_mqtt_pairs(
     if done.returncode != 0:
         detail = done.stderr.strip().splitlines()
         raise BenchError(detail[-1] if detail else f"mqtt_pairs exited {done.returncode}")
-    after = _cpu_or_none(process_cpu_seconds, pid)
+    after = _cpu_or_none(pid)
     try:
         result = json.loads(done.stdout)
     except json.JSONDecodeError as exc:
@@ -226,10 +223,12 @@ def run_mqtt_pairs(
     return figures
 
 
-def _cpu_or_none(read: Any, pid: int | None) -> float | None:
+def _cpu_or_none(pid: int | None) -> float | None:
     if pid is None:
         return None
+    from duplex.bench.machine import process_cpu_seconds
+
     try:
-        return float(read(pid))
+        return process_cpu_seconds(pid)
     except Exception:  # gone, or not ours to read: the figure is left out
         return None

@@ -85,17 +85,16 @@ class HubConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # The hot path: no TimedOut can come from data, and in READY data only moves
         # the deadline later (the lazy timer re-reads it when it fires), so neither
-        # is looked at here; events go to the hub without a queue unless it is busy.
+        # is looked at here.
         session = self.session
         session.receive_data(data, self.loop.time())
         if session.has_output:  # a Pong, or an Error before closing
             self._flush()
         events = session.events_received()
         if events:
-            if self._busy:
-                self._inbox.extend(events)
-            else:
-                self._dispatch(events)
+            self._inbox.extend(events)
+            if not self._busy:
+                self._pump()
         if session.state is not State.READY:
             self._timer.arm()
 
@@ -250,18 +249,6 @@ class HubConnection(asyncio.Protocol):
             if not self._busy:
                 self._pump()
         self._timer.arm()
-
-    def _dispatch(self, events: list[Event]) -> None:
-        """Hands ``events`` to the hub in order; the rest wait in the inbox behind one
-        whose handler suspends (see :meth:`_pump`)."""
-        handle = self.hub.handle
-        for i, event in enumerate(events):
-            pending = handle(self, event)
-            if pending is not None:
-                self._inbox.extend(events[i + 1 :])
-                self._busy = True
-                self.hub.track(self.loop.create_task(self._wait(pending)))
-                return
 
     def _pump(self) -> None:
         """Hands events to the hub in order; waits when the hub must finish one first."""

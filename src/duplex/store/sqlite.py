@@ -577,18 +577,17 @@ class SqliteStore:
         self._waiting = 0  # async callers waiting for room, or woken and not yet staged
         self._woken = 0  # of those, woken
         self._room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        # Loop side: what the journal holds and the tables do not yet (see _apply).
+        # Loop side: what the journal holds and the tables do not yet (_apply_if_due).
         self._ready_entries: list[Entry] = []
         self._ready_cursors: dict[tuple[str, str], tuple[int, int]] = {}
         self._ready_boxes: dict[str, tuple[str, int, int, int, int]] = {}
         self._ready_bytes = 0
         self._ready_since = 0.0  # 0: nothing ready
         self._ready_upto = 0  # the newest journal row committed
-        self._applied_upto = 0  # the newest journal row in the tables
         self._applying: _Apply | None = None
         self._apply_waiters: list[asyncio.Future[None]] = []
         self._apply_timer: asyncio.TimerHandle | None = None
-        self._deletable = 0  # journal rows up to this one are in the tables
+        self._deletable = 0  # journal rows up to this one are in the tables (deletable)
         self._deleted = 0
         self._requests: list[_Request] = []  # for the table writer's next transaction
         # Idempotent sends (see the module doc).
@@ -1171,7 +1170,7 @@ class SqliteStore:
             if top > box.applied:
                 del box.tail[: top - box.applied]
                 box.applied = top
-        self._deletable = self._applied_upto = job.journal_upto
+        self._deletable = job.journal_upto
         self._forget_ids()
         for waiter in job.waiters:
             if not waiter.done():
@@ -1215,7 +1214,7 @@ class SqliteStore:
         # Up to the journal row committed last, not "until nothing is left": under a
         # steady load there is always more, and stats() would never return.
         target = self._ready_upto
-        while self._applied_upto < target and (self._ready_since or self._applying):
+        while self._deletable < target and (self._ready_since or self._applying):
             waiter: asyncio.Future[None] = self._loop.create_future()
             if self._applying is not None:
                 self._applying.waiters.append(waiter)
@@ -1239,17 +1238,15 @@ class SqliteStore:
 
     # -- the loop side: staging -----------------------------------------------
 
-    def _can_stage(self) -> bool:
+    def _takes_now(self) -> bool:
+        """Whether a write can be staged now, ahead of nobody who waits for room."""
         return (
-            self._failed is None
+            not self._waiting
+            and self._failed is None
             and not self._closed
             and bool(self._threads)
             and self._pending < MAX_PENDING_WRITES
         )
-
-    def _takes_now(self) -> bool:
-        """Whether a write can be staged now, ahead of nobody who waits for room."""
-        return not self._waiting and self._can_stage()
 
     def _box(self, name: str) -> _Box:
         box = self._boxes.get(name)
