@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 # Rebuilt whenever one of these files changes, so a test never runs a stale build.
 # DUPLEX_COMPILE=0 (or `make pure`) runs the same modules as plain Python.
 HOT := duplex/wire/frames.py duplex/timers.py duplex/protocol/hub.py duplex/protocol/peer.py \
-	duplex/hub/connection.py duplex/hub/core.py duplex/broker/local.py duplex/store/sqlite.py
+	duplex/hub/connection.py duplex/hub/core.py duplex/broker/local.py duplex/store/sqlite.py \
+	duplex/hub/accounts.py duplex/hub/metrics.py
 COMPILED := src/.compiled
 DUPLEX_COMPILE ?= 1
 HOTPATH := $(if $(filter 0,$(DUPLEX_COMPILE)),pure,$(COMPILED))
@@ -39,7 +40,7 @@ compile: $(COMPILED)
 
 pure:
 	find src -name '*.so' -delete
-	rm -rf src/build $(COMPILED)
+	rm -rf src/build src/.mypy_cache $(COMPILED)
 
 setup: $(HOTPATH)
 
