@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 # The hub's hot path, compiled to C extensions by mypyc (from the dev extras) next to
 # their sources, where the editable install imports them first: a relayed message costs
-# the hub about a sixth less CPU (benchmarks/hub_relay.py; see the README).
+# the hub about a fifth less CPU (benchmarks/hub_relay.py; see the README).
 # Rebuilt whenever one of these files changes, so a test never runs a stale build.
 # DUPLEX_COMPILE=0 (or `make pure`) runs the same modules as plain Python.
 HOT := duplex/wire/frames.py duplex/timers.py duplex/protocol/hub.py duplex/protocol/peer.py \
