@@ -16,6 +16,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -632,16 +633,31 @@ def test_staged_sends_and_acks_in_any_order_give_one_receipt_each(
 
     (It found a tail slice that counted from the end when an ack stopped below the
     applied part: one message receipted twice, another never.)"""
-    rnd = random.Random(seed)
     apply_after = (0.0, 0.001, 0.01)[seed % 3]
+    _model_check(tmp_path, seed, ("alice", "bob"), apply_after=apply_after)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mailboxes_forgotten_and_read_back_lose_nothing(tmp_path: Path, seed: int) -> None:
+    """The same model check with eight users and room for two mailboxes in memory:
+    after every apply the clean ones are forgotten, and read back from the tables at
+    their next use, in the middle of sends, acks and receipts."""
+    users = tuple(f"u{i}" for i in range(8))
+    forgotten = _model_check(tmp_path, seed, users, apply_after=0.001, box_cache=2)
+    assert forgotten > 100  # the cache really was exceeded and trimmed, many times
+
+
+def _model_check(tmp_path: Path, seed: int, users: tuple[str, ...], **options: Any) -> int:
+    """Runs the model check; returns how many mailboxes were forgotten on the way."""
+    rnd = random.Random(seed)
+    forgotten = 0
 
     async def body(store: SqliteStore) -> None:
-        users = ("alice", "bob")
+        nonlocal forgotten
         receipts: Counter[tuple[str, bytes]] = Counter()
         sent: dict[tuple[str, bytes], int] = {}
         for step in range(2500):
-            user = rnd.choice(users)
-            peer = users[1 - users.index(user)]
+            user, peer = rnd.sample(users, 2)
             roll = rnd.random()
             if roll < 0.5:
                 message = NewMessage(user, peer, new_id(), "x", step)
@@ -663,8 +679,10 @@ def test_staged_sends_and_acks_in_any_order_give_one_receipt_each(
         assert set(receipts) == set(sent)
         stats = await store.stats()
         assert stats.messages == stats.delivered == len(sent)
+        forgotten = store.boxes_forgotten
+        assert len(store._boxes) <= len(users)
 
-    _run(SqliteStore(tmp_path / "hub.db", synchronous="NORMAL", apply_after=apply_after), body)
+    _run(SqliteStore(tmp_path / "hub.db", synchronous="NORMAL", **options), body)
     with sqlite3.connect(tmp_path / "hub.db") as conn:
         boxes = conn.execute("SELECT messages, delivered FROM mailboxes").fetchall()
         receipt_rows = conn.execute("SELECT count(*) FROM entries WHERE kind = 'receipt'")
@@ -672,6 +690,7 @@ def test_staged_sends_and_acks_in_any_order_give_one_receipt_each(
     conn.close()
     assert all(messages == delivered for messages, delivered in boxes), boxes
     assert receipts_written > 1000
+    return forgotten
 
 
 def test_a_journal_replayed_over_its_own_apply_changes_nothing(tmp_path: Path) -> None:

@@ -132,6 +132,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import itertools
 import logging
 import os
 import queue
@@ -154,6 +155,7 @@ __all__ = [
     "APPLY_AFTER",
     "APPLY_BYTES",
     "APPLY_ENTRIES",
+    "BOX_CACHE",
     "BUSY_TIMEOUT",
     "COMMIT_INTERVAL",
     "MAX_PENDING_READS",
@@ -203,6 +205,12 @@ APPLY_ENTRIES: Final = 16384
 """Entries in the journal, not yet in the tables, past which an apply starts at once.
 Each is held in memory until then (the mailbox's tail and the apply's list), about
 300 bytes with a short body."""
+
+BOX_CACHE: Final = 100_000
+"""Mailboxes the event loop keeps in memory (about 200 bytes each, more with entries
+not yet applied). Past it, each apply forgets the oldest-loaded of those whose whole
+state is in the tables; the next use reads a mailbox back (one indexed read). Without
+a bound, a long-running hub would hold every mailbox it ever touched."""
 
 APPLY_BYTES: Final = 4 << 20
 """Message bytes in the journal, not yet in the tables, past which an apply starts at
@@ -304,6 +312,8 @@ class _Box:
         durable: the highest sequence committed to the journal (``<= last_seq``).
         applied: the highest sequence in the ``entries`` table (``<= durable``).
         tail: the entries above ``applied``, in order (``tail[0].seq == applied + 1``).
+        saved: the :meth:`state` the ``mailboxes`` table holds (as loaded, or as the
+            last apply wrote it): the mailbox may be forgotten while it is current.
     """
 
     name: str
@@ -314,10 +324,15 @@ class _Box:
     durable: int
     applied: int
     tail: list[Entry] = dataclasses.field(default_factory=list)
+    saved: tuple[str, int, int, int, int] | None = None
 
     def state(self) -> tuple[str, int, int, int, int]:
         """The mailbox's row: (mailbox, last_seq, acked_seq, messages, delivered)."""
         return (self.name, self.last_seq, self.acked_seq, self.messages, self.delivered)
+
+    def clean(self) -> bool:
+        """True when the tables hold all of it: forgetting it loses nothing."""
+        return not self.tail and self.saved == self.state()
 
 
 _Done = Callable[[StoreError | None], object]
@@ -518,6 +533,7 @@ class SqliteStore:
             (see :data:`APPLY_AFTER`); 0 applies after every journal commit.
         commit_interval: seconds at least between the starts of two journal commits
             (see :data:`COMMIT_INTERVAL`); 0 commits as soon as the writer is free.
+        box_cache: mailboxes kept in memory (see :data:`BOX_CACHE`).
 
     Raises:
         ValueError: an unknown ``synchronous`` or ``integrity_check`` value.
@@ -532,6 +548,7 @@ class SqliteStore:
         integrity_check: str = "quick",
         apply_after: float = APPLY_AFTER,
         commit_interval: float = COMMIT_INTERVAL,
+        box_cache: int = BOX_CACHE,
     ) -> None:
         synchronous = synchronous.upper()
         if synchronous not in _SYNCHRONOUS:
@@ -546,12 +563,15 @@ class SqliteStore:
         self._integrity_check = integrity_check
         self._apply_after = max(0.0, apply_after)
         self._commit_interval = max(0.0, commit_interval)
+        self._box_cache = max(1, box_cache)
         self.commit_count = 0
         """Write transactions committed since :meth:`open`, in either file."""
         self.write_count = 0
         """Write requests committed since :meth:`open` (messages, acks, ...)."""
         self.apply_count = 0
         """Applies of the journal to the tables since :meth:`open`."""
+        self.boxes_forgotten = 0
+        """Mailboxes dropped from memory since :meth:`open` (see :data:`BOX_CACHE`)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tconn: sqlite3.Connection | None = None  # the table writer's
         self._jconn: sqlite3.Connection | None = None  # the journal writer's
@@ -1170,12 +1190,26 @@ class SqliteStore:
             if top > box.applied:
                 del box.tail[: top - box.applied]
                 box.applied = top
+        for state in job.boxes:
+            boxes[state[0]].saved = state  # (not forgotten: it was not clean)
         self._deletable = job.journal_upto
         self._forget_ids()
+        if len(boxes) > self._box_cache:
+            self._forget_boxes()
         for waiter in job.waiters:
             if not waiter.done():
                 waiter.set_result(None)
         self._apply_if_due()
+
+    def _forget_boxes(self) -> None:
+        """Forgets clean mailboxes, oldest-loaded first, down to 90% of the cache
+        (a tenth at a time, so that the scan is paid once per many loads)."""
+        boxes = self._boxes
+        excess = len(boxes) - self._box_cache * 9 // 10
+        clean = (name for name, box in boxes.items() if box.clean())
+        for name in list(itertools.islice(clean, excess)):
+            del boxes[name]
+            self.boxes_forgotten += 1
 
     def _forget_ids(self) -> None:
         """Forgets the oldest applied message ids past RECENT_IDS (see the module doc)."""
@@ -1256,6 +1290,7 @@ class SqliteStore:
                 row = self._lconn.execute(_LOAD_BOX, (name,)).fetchone()
             last, acked, messages, delivered = row if row else (0, 0, 0, 0)
             box = _Box(name, last, acked, messages, delivered, last, last)
+            box.saved = box.state()
             self._boxes[name] = box
         return box
 
