@@ -15,6 +15,8 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,3 +50,23 @@ def test_hot_modules_are_compiled_from_their_current_source() -> None:
         assert origin.stat().st_mtime >= source.stat().st_mtime, (
             f"{origin.name} is older than {source.name}: run `make compile`"
         )
+
+
+def test_a_source_newer_than_its_build_warns_at_import(tmp_path: Path) -> None:
+    from duplex._build import stale_extensions, warn_if_stale
+
+    package = tmp_path / "src" / "pkg"
+    (package / "sub").mkdir(parents=True)
+    fresh, old = package / "a.py", package / "sub" / "b.py"
+    for source in (fresh, old):
+        source.write_text("x = 1\n")
+        ext = source.with_name(source.stem + ".cpython-311-x86_64-linux-gnu.so")
+        ext.write_bytes(b"")
+        os.utime(ext, (1000, 1000))
+        os.utime(source, (900, 900))
+    os.utime(old, (2000, 2000))  # edited after the build
+    assert stale_extensions(package) == []  # no marker: not a `make` build, not scanned
+    (tmp_path / "src" / ".compiled").touch()
+    assert stale_extensions(package) == [old]
+    with pytest.warns(RuntimeWarning, match=r"older than their source \(pkg/sub/b.py\)"):
+        warn_if_stale(package)

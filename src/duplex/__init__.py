@@ -7,7 +7,10 @@ and the command line in :mod:`duplex.cli`. See DESIGN.md.
 
 from __future__ import annotations
 
+from duplex._build import warn_if_stale
 from duplex.errors import DuplexError
+
+warn_if_stale()
 
 __all__ = ["DuplexError", "__version__"]
 
