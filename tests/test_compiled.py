@@ -70,3 +70,28 @@ def test_a_source_newer_than_its_build_warns_at_import(tmp_path: Path) -> None:
     assert stale_extensions(package) == [old]
     with pytest.warns(RuntimeWarning, match=r"older than their source \(pkg/sub/b.py\)"):
         warn_if_stale(package)
+
+
+def test_no_interpreted_class_subclasses_a_compiled_one() -> None:
+    """A class outside the compiled modules that subclasses one inside them keeps the
+    compiled base's behaviour where it overrides (mypyc binds the base's methods and
+    class attributes early): the peer sessions once kept the hub's state table, and
+    the direct path timed out. Such a subclass belongs in the HOT list too."""
+    import inspect
+    import pkgutil
+
+    import duplex
+
+    hot = set(_hot_modules())
+    offenders = []
+    for info in pkgutil.walk_packages(duplex.__path__, "duplex."):
+        if info.name in hot:
+            continue
+        module = importlib.import_module(info.name)
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != info.name:
+                continue
+            bases = [b for b in cls.__mro__[1:] if b.__module__ in hot]
+            if bases:
+                offenders.append(f"{info.name}.{cls.__name__} <- {bases[0].__qualname__}")
+    assert offenders == []
