@@ -93,8 +93,19 @@ def _line(label: str, result: RelayResult) -> str:
     )
 
 
+def _build() -> str:
+    """How the hub's hot path runs: compiled by ``make`` (mypyc) or plain Python (the
+    hub process imports duplex from the same place as this script)."""
+    import duplex.hub.core
+
+    if Path(str(duplex.hub.core.__file__)).suffix == ".so":
+        return "compiled hot path (mypyc)"
+    return "plain Python (`make compile` builds the hot path: about a fifth less CPU)"
+
+
 async def main(args: argparse.Namespace) -> list[dict[str, object]]:
     cpus = sorted(os.sched_getaffinity(0))
+    print(f"hub: {_build()}")
     mqtt_runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         hub = HubProcess(
