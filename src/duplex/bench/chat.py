@@ -44,9 +44,9 @@ class _Lean(asyncio.Protocol):
     The handshake (Hello, Login, Welcome) goes through the real sans-I/O session; once
     welcomed, frames are split (:class:`FrameDecoder`) and decoded here directly, and
     the handler gets the decoded messages and returns the messages to send back. The
-    state table has nothing left to check on that path, and a load generator that spends its CPU on
-    bookkeeping measures itself: with the session on every frame the clients, not the
-    hub, were the ceiling at 16,000 messages/s on one CPU.
+    state table has nothing left to check on that path, and a load generator that
+    spends its CPU on bookkeeping measures itself: with the session on every frame the
+    clients, not the hub, were the ceiling at 16,000 messages/s on one CPU.
     """
 
     def __init__(

@@ -92,9 +92,7 @@ class HubConnection(asyncio.Protocol):
             self._flush()
         events = session.events_received()
         if events:
-            self._inbox.extend(events)
-            if not self._busy:
-                self._pump()
+            self._queue(events)
         if session.state is not State.READY:
             self._timer.arm()
 
@@ -245,10 +243,14 @@ class HubConnection(asyncio.Protocol):
             # unsent bytes, minutes later. The grace is the verdict: drop it now.
             self.abort()
         if events:
-            self._inbox.extend(events)
-            if not self._busy:
-                self._pump()
+            self._queue(events)
         self._timer.arm()
+
+    def _queue(self, events: list[Event]) -> None:
+        """Queues ``events`` behind any still waiting; pumps unless the hub is busy."""
+        self._inbox.extend(events)
+        if not self._busy:
+            self._pump()
 
     def _pump(self) -> None:
         """Hands events to the hub in order; waits when the hub must finish one first."""
