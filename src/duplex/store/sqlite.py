@@ -27,15 +27,17 @@ Two threads write, each to a file of its own, so neither waits for the other:
   table in ``<db>.log``: the batch's new entries, cursors and the new state of the
   mailboxes it touched, as a MessagePack blob. That is one B-tree insert and a few
   pages of log per commit, however many messages it carries;
-* the **table writer** applies what the journal holds to the tables of ``<db>``
-  every :data:`APPLY_AFTER` seconds (sooner past :data:`APPLY_ENTRIES` entries or
-  :data:`APPLY_BYTES` bytes), in one transaction with one ``executemany`` per table,
-  and runs the rare account, token and contact changes. A big apply writes each index
-  page it touches once. (Applied with every commit instead, in one file, the
-  entries' index spread each commit over about a hundred pages of log: the writers
-  took 39 us of CPU per relayed message against 21 now, per-thread figures during
-  ``benchmarks/hub_relay.py``.) The next journal commit deletes the rows an apply
-  covered.
+* the **table writer** hands what the journal holds to the **applier**, a process of
+  its own (:mod:`duplex.store.applier`), every :data:`APPLY_AFTER` seconds (sooner
+  past :data:`APPLY_ENTRIES` entries or :data:`APPLY_BYTES` bytes): the journal rows
+  as committed, which the applier writes to the tables of ``<db>`` in one transaction
+  with one ``executemany`` per table. A big apply writes each index page it touches
+  once. (Applied with every commit instead, in one file, the entries' index spread
+  each commit over about a hundred pages of log: the writers took 39 us of CPU per
+  relayed message against 21.) In a process, the apply's CPU (the biggest part of the
+  store's) runs beside the event loop instead of under its GIL. The table writer also
+  runs the rare account, token and contact changes itself, in transactions of their
+  own between applies. The next journal commit deletes the rows an apply covered.
 
 An entry is written once and never updated: whether a message is delivered is a fact
 about its mailbox (every message at or below ``acked_seq`` is, none above it is), and
@@ -73,7 +75,9 @@ If a batch or an apply cannot be committed (a failed fsync, a full disk past
 :data:`RETRY_FOR` seconds of retries), what the loop staged after it can no longer be
 trusted to match the disk: the store fails every waiting caller and accepts no more
 writes until it is reopened, which recovers from the journal (PostgreSQL reasons the
-same way about a failed fsync and panics). A request that fails on its own (a contact
+same way about a failed fsync and panics). So does an applier process that ends (killed
+by hand or by the kernel's OOM killer): nothing it had not written is lost, since the
+journal keeps every row until an apply has covered it. A request that fails on its own (a contact
 naming an unknown user) runs in a savepoint and fails alone.
 
 Reads
@@ -148,10 +152,12 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from duplex.errors import StoreCorrupt, StoreError, map_exceptions
+from duplex.store.applier import ApplierProcess, fold, write_folded
 from duplex.store.base import Entry, EntryKind, NewMessage, Stored, StoreStats, User, validate_batch
 from duplex.store.migrate import SCHEMA_VERSION_DDL, load_migrations
 
 __all__ = [
+    "APPLIER_NICE",
     "APPLY_AFTER",
     "APPLY_BYTES",
     "APPLY_ENTRIES",
@@ -162,7 +168,6 @@ __all__ = [
     "MAX_PENDING_WRITES",
     "RECENT_IDS",
     "RETRY_FOR",
-    "TABLE_WRITER_NICE",
     "SqliteStore",
 ]
 
@@ -216,15 +221,15 @@ APPLY_BYTES: Final = 4 << 20
 """Message bytes in the journal, not yet in the tables, past which an apply starts at
 once: a flood of large messages must not grow the hub by what it stores."""
 
-TABLE_WRITER_NICE: Final = 5
-"""How much lower the table writer's scheduling priority is (``nice``, added to the
-process's; the loop and the journal writer keep it). An apply is tens of milliseconds
-of CPU every half second; at the same priority the kernel shares the CPU half and
-half with the event loop meanwhile, and every message in flight waits that much
-longer. At nice 5 the loop gets three quarters of a contended CPU and the apply still
-keeps up (it needs about a tenth). ``benchmarks/hub_relay.py`` at 6,000 messages/s,
-p99: 17-26 ms at 0, 9-11 ms at 5; closed loop p99 24-25 -> 17-18 ms, at the same rate
-(nice 10 was no better than 5)."""
+APPLIER_NICE: Final = 5
+"""How much lower the applier process's scheduling priority is (``nice``, added to the
+hub's). An apply is tens of milliseconds of CPU every half second; where it shares a
+CPU with the event loop at the same priority, the kernel splits that CPU half and
+half meanwhile, and every message in flight waits that much longer. At nice 5 the
+loop gets three quarters of a contended CPU and the apply still keeps up (it needs
+about a tenth). ``benchmarks/hub_relay.py`` at 6,000 messages/s, with the apply in a
+thread of the hub: p99 17-26 ms at 0, 9-11 ms at 5; closed loop p99 24-25 -> 17-18 ms
+at the same rate (nice 10 was no better than 5)."""
 
 RECENT_IDS: Final = 100_000
 """Message ids remembered after their apply, for resends found without a read."""
@@ -391,13 +396,13 @@ class _Request:
 
 
 class _Apply:
-    """What one apply writes to the tables: the journal up to ``journal_upto``."""
+    """What one apply writes to the tables: the journal's rows up to ``journal_upto``
+    (``rows``, as committed), which leave these mailbox states (``boxes``)."""
 
-    __slots__ = ("boxes", "cursors", "entries", "journal_upto", "tops", "waiters")
+    __slots__ = ("boxes", "journal_upto", "rows", "tops", "waiters")
 
     def __init__(self) -> None:
-        self.entries: list[Entry] = []
-        self.cursors: list[tuple[str, str, int, int]] = []
+        self.rows: list[bytes] = []
         self.boxes: list[tuple[str, int, int, int, int]] = []
         self.tops: dict[str, int] = {}
         self.journal_upto = 0
@@ -405,25 +410,23 @@ class _Apply:
 
 
 class _TableWork:
-    """One transaction of the table writer: requests and at most one apply."""
+    """One turn of the table writer: requests (one transaction of its own) and at most
+    one apply (one transaction of the applier's); ``requested`` once the requests are
+    committed, so that a retried apply does not run them again."""
 
-    __slots__ = ("apply", "requests")
+    __slots__ = ("apply", "requested", "requests")
 
     def __init__(self, requests: list[_Request], apply: _Apply | None) -> None:
         self.requests = requests
         self.apply = apply
+        self.requested = False
 
 
 # What one journal row holds: new entries, (mailbox, device, seq, ts) cursors, and
 # (mailbox, last_seq, acked_seq, messages, delivered) mailbox states, in the order they
 # happened. (Which messages are delivered is in the states: those up to acked_seq.)
-_JournalOps = tuple[
-    list[Entry],
-    list[tuple[str, str, int, int]],
-    list[tuple[str, int, int, int, int]],
-]
+# The applier (duplex.store.applier) decodes and writes them.
 _journal_encoder = msgspec.msgpack.Encoder()
-_journal_decoder = msgspec.msgpack.Decoder(_JournalOps)
 
 _LOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -432,20 +435,6 @@ CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY, ops BLOB NOT NULL);
 """
 """The journal's own file (see the module doc): its rows and its own commit count."""
 
-_INSERT_ENTRY = (
-    "INSERT INTO entries (mailbox, seq, kind, peer, msg_id, body, ts) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_UPSERT_BOX = (
-    "INSERT INTO mailboxes (mailbox, last_seq, acked_seq, messages, delivered)"
-    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (mailbox) DO UPDATE SET"
-    " last_seq = excluded.last_seq, acked_seq = excluded.acked_seq,"
-    " messages = excluded.messages, delivered = excluded.delivered"
-)
-_UPSERT_CURSOR = (
-    "INSERT INTO cursors (mailbox, device, seq, ts) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (mailbox, device) DO UPDATE SET"
-    " seq = max(seq, excluded.seq), ts = excluded.ts"
-)
 _LOAD_BOX = "SELECT last_seq, acked_seq, messages, delivered FROM mailboxes WHERE mailbox = ?"
 _FIND_MESSAGE = (
     "SELECT mailbox, seq, body, ts FROM entries WHERE msg_id = ? AND peer = ? AND kind = 'msg'"
@@ -480,35 +469,6 @@ def _transaction(conn: sqlite3.Connection, commits: int) -> Iterator[None]:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         raise
-
-
-def _write_ops(
-    conn: sqlite3.Connection,
-    entries: list[Entry],
-    cursors: list[tuple[str, str, int, int]],
-    boxes: list[tuple[str, int, int, int, int]],
-    *,
-    replay: bool = False,
-) -> None:
-    """Writes entries, cursors and mailbox states to the tables.
-
-    ``replay``: the entries may be there already (a replayed journal row that an apply
-    covered before the crash): an entry is its (mailbox, seq), so those are skipped.
-    """
-    if entries:
-        statement = _INSERT_ENTRY.replace("INSERT", "INSERT OR IGNORE", replay)
-        conn.executemany(statement, map(msgspec.structs.astuple, entries))
-    if cursors:
-        conn.executemany(_UPSERT_CURSOR, cursors)
-    if boxes:
-        conn.executemany(_UPSERT_BOX, boxes)
-
-
-def _replay_journal(conn: sqlite3.Connection, blob: bytes) -> int:
-    """Writes one journal row's changes to the tables; returns its entry count."""
-    entries, cursors, boxes = _journal_decoder.decode(blob)
-    _write_ops(conn, entries, cursors, boxes, replay=True)
-    return len(entries)
 
 
 class SqliteStore:
@@ -598,8 +558,8 @@ class SqliteStore:
         self._woken = 0  # of those, woken
         self._room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         # Loop side: what the journal holds and the tables do not yet (_apply_if_due).
-        self._ready_entries: list[Entry] = []
-        self._ready_cursors: dict[tuple[str, str], tuple[int, int]] = {}
+        self._ready_rows: list[bytes] = []  # journal rows committed, not applied
+        self._ready_entries = 0  # their entries
         self._ready_boxes: dict[str, tuple[str, int, int, int, int]] = {}
         self._ready_bytes = 0
         self._ready_since = 0.0  # 0: nothing ready
@@ -616,12 +576,13 @@ class SqliteStore:
         self._id_order: collections.deque[tuple[str, bytes]] = collections.deque()
         self._far_ids: dict[tuple[str, bytes], tuple[str, int]] = {}
         self._horizon = 0
-        # The two writer threads: journal commits, and the tables.
+        # The two writer threads: journal commits, and the tables (requests, and the
+        # applies, which the applier process writes).
         # (queue.SimpleQueue: a put is one C call that wakes only its own writer.)
         self._jqueue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._tqueue: queue.SimpleQueue[_TableWork | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._table_tid = 0  # the table writer's thread id, once it runs
+        self._applier: ApplierProcess | None = None  # writes the applies (its module doc)
         self._reader: ThreadPoolExecutor | None = None
         self._rsem: asyncio.Semaphore | None = None
         self._failed: StoreError | None = None
@@ -680,6 +641,7 @@ class SqliteStore:
         self._tqueue.put(None)
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
+        await asyncio.to_thread(self._stop_applier)
         if self._reader is not None:
             await asyncio.to_thread(self._reader.shutdown, True)
         # Give the loop a turn so the writers' last call_soon_threadsafe is answered.
@@ -725,6 +687,10 @@ class SqliteStore:
                 # A first read opens the log and its index now, not on the first
                 # message (a descriptor count taken at start would seem to leak).
                 reader.execute("SELECT count(*) FROM meta").fetchone()
+        try:
+            self._applier = ApplierProcess(self.path, self.synchronous, APPLIER_NICE)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot start the applier process: {exc}") from exc
 
     def _bind_log(self, log: sqlite3.Connection) -> int:
         """Ties a new journal to this database; refuses another database's. Returns
@@ -749,11 +715,14 @@ class SqliteStore:
         ids = [r[0] for r in log.execute("SELECT id FROM journal ORDER BY id")]
         if not ids:
             return
-        entries = 0
+        rows = (
+            log.execute("SELECT ops FROM journal WHERE id = ?", (row_id,)).fetchone()[0]
+            for row_id in ids
+        )
+        folded = fold(rows)
+        entries = len(folded[0])
         with _transaction(conn, self._commits + 1):
-            for row_id in ids:
-                (blob,) = log.execute("SELECT ops FROM journal WHERE id = ?", (row_id,)).fetchone()
-                entries += _replay_journal(conn, blob)
+            write_folded(conn, folded, replay=True)
         self._commits += 1
         self._write_hwm(sync=True)
         with _transaction(log, self._log_commits + 1):
@@ -897,7 +866,15 @@ class SqliteStore:
         except OSError:
             logger.exception("%s: cannot sync the high-water mark", self.hwm_path)
 
+    def _stop_applier(self) -> None:
+        applier, self._applier = self._applier, None
+        if applier is not None and applier.close() != 0:
+            logger.warning(
+                "%s: the applier process (%d) did not end cleanly", self.path, applier.pid
+            )
+
     def _release_sync(self) -> None:
+        self._stop_applier()
         # The readers first: the last connection to close checkpoints the log into the
         # database and removes it, and that must be the writing one.
         for conn in (self._lconn, self._rconn, self._tconn, self._jconn):
@@ -929,11 +906,6 @@ class SqliteStore:
         done: Callable[[T, StoreError | None], None],
     ) -> None:
         """A writer thread: commits each item of ``work``, then ``done`` on the loop."""
-        if work is self._tqueue:
-            self._table_tid = threading.get_native_id()
-            with contextlib.suppress(OSError):  # (raising one's own nice is always allowed)
-                nice = os.getpriority(os.PRIO_PROCESS, self._table_tid) + TABLE_WRITER_NICE
-                os.setpriority(os.PRIO_PROCESS, self._table_tid, min(19, nice))
         while (item := self._next_work(work)) is not None:
             error = self._failed or self._run(path, functools.partial(commit, item))
             if time.monotonic() - self._hwm_synced > _HWM_SYNC_INTERVAL:
@@ -961,10 +933,23 @@ class SqliteStore:
         self._write_hwm_after_commit()
 
     def _commit_tables(self, work: _TableWork) -> None:
+        """The requests in one transaction, then the apply (in the applier process)."""
+        if work.requests and not work.requested:
+            self._commit_requests(work.requests)
+            work.requested = True
+        job = work.apply
+        if job is not None:
+            assert self._applier is not None
+            self._applier.apply(self._commits + 1, job.rows)
+            self._commits += 1
+            self.commit_count += 1
+            self._write_hwm_after_commit()
+
+    def _commit_requests(self, requests: list[_Request]) -> None:
         conn = self._tconn
         assert conn is not None
         with _transaction(conn, self._commits + 1):
-            for req in work.requests:
+            for req in requests:
                 req.result, req.error = None, None
                 conn.execute("SAVEPOINT request")
                 try:
@@ -979,12 +964,9 @@ class SqliteStore:
                         except StoreError as translated:
                             req.error = translated
                 conn.execute("RELEASE request")
-            job = work.apply
-            if job is not None:
-                _write_ops(conn, job.entries, job.cursors, job.boxes)
         self._commits += 1
         self.commit_count += 1
-        self.write_count += len(work.requests)
+        self.write_count += len(requests)
         self._write_hwm_after_commit()
 
     def _write_hwm_after_commit(self) -> None:
@@ -1084,8 +1066,8 @@ class SqliteStore:
             if batch.journal:  # (a batch may carry only a deletion)
                 if not self._ready_since:
                     self._ready_since = time.monotonic()
-                self._ready_entries += batch.entries
-                self._ready_cursors.update(batch.cursors)  # ack folding keeps the max
+                self._ready_rows.append(batch.journal)
+                self._ready_entries += len(batch.entries)
                 for state in batch.states:
                     self._ready_boxes[state[0]] = state
                 self._ready_bytes += batch.bytes
@@ -1135,7 +1117,7 @@ class SqliteStore:
             force
             or self._apply_waiters
             or now - self._ready_since >= self._apply_after
-            or len(self._ready_entries) >= APPLY_ENTRIES
+            or self._ready_entries >= APPLY_ENTRIES
             or self._ready_bytes >= APPLY_BYTES
         ):
             if self._apply_timer is None and self._loop is not None:
@@ -1143,15 +1125,14 @@ class SqliteStore:
                 self._apply_timer = self._loop.call_later(wait, self._apply_due)
             return
         job = self._applying = _Apply()
-        job.entries = self._ready_entries
-        job.cursors = [(*key, seq, ts) for key, (seq, ts) in self._ready_cursors.items()]
+        job.rows = self._ready_rows
         job.boxes = list(self._ready_boxes.values())
         # Every entry a box had in the journal at its last state is in this apply.
         job.tops = {name: state[1] for name, state in self._ready_boxes.items()}
         job.journal_upto = self._ready_upto
         job.waiters, self._apply_waiters = self._apply_waiters, []
-        self._ready_entries = []
-        self._ready_cursors, self._ready_boxes = {}, {}
+        self._ready_rows, self._ready_entries = [], 0
+        self._ready_boxes = {}
         self._ready_bytes = 0
         self._ready_since = 0.0
         requests, self._requests = self._requests, []
@@ -1168,7 +1149,7 @@ class SqliteStore:
             future = req.future
             if future.done():  # the caller was cancelled; the write happened anyway
                 continue
-            failure = error or req.error
+            failure = req.error if work.requested else error
             if failure is not None:
                 future.set_exception(_clone(failure))
             else:

@@ -1,0 +1,350 @@
+"""The embedded store's applier: a process of its own that writes the journal to the
+tables.
+
+Why a process
+-------------
+Applying the journal is the SQLite store's biggest piece of work per message: two
+entry rows (the message and its receipt), each an insert into three B-trees, plus the
+mailbox and cursor rows, about 9 us of CPU per relayed message on this machine. As a
+thread of the hub it ran under the hub's GIL: on the hub's CPU it took that time from
+the event loop (a quarter of the loop's messages per second), and on another CPU it
+was slower still, because the GIL passed between the CPUs with every row
+(``benchmarks/hub_relay.py``: 21,400 msg/s at 44 us per message with the thread,
+27,900 at 35 us with no apply at all). A process has its own interpreter, so the apply
+runs beside the loop on a second CPU and costs it only the hand-over.
+
+What crosses the pipe
+---------------------
+The journal rows themselves, as the journal writer committed them (MessagePack blobs,
+see :mod:`duplex.store.sqlite`): the loop already has them, so nothing is encoded
+twice and the applier reads nothing from the journal's file. One request::
+
+    commit number (u64) | row count (u32) | (length (u32) | row) * count
+
+makes one transaction: every entry of those rows, each cursor at its highest
+sequence, each mailbox at its last state, and the tables' commit counter set to the
+commit number (what the high-water mark compares). The answer is one byte, 0 for
+committed, or an SQLite error code, then the length (u32) and text of the error
+(empty on success). After an error the transaction is rolled back, so the same request
+can be sent again. The applier's first answer comes unasked: whether it could open the
+database.
+
+The applier writes nothing else: accounts, tokens and contacts stay with the hub's
+table-writer thread, which also sends the applies, one thing at a time, so the two
+writers of the tables never wait for each other's lock. The applier ends when its
+input closes: when the store closes, and when the hub dies, however it dies; signals
+meant for the hub (Ctrl-C, a service manager's SIGTERM) do not end it.
+
+This file runs as a script (``python -I applier.py DB SYNCHRONOUS``), without the
+duplex package: it imports only the standard library and msgspec, starts in about
+40 ms, and holds none of the hub's memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Final
+
+import msgspec
+
+__all__ = [
+    "INSERT_ENTRY",
+    "UPSERT_BOX",
+    "UPSERT_CURSOR",
+    "ApplierProcess",
+    "ApplyFailed",
+    "Folded",
+    "fold",
+    "write_folded",
+]
+
+BUSY_TIMEOUT: Final = 5.0
+"""Seconds the applier waits for a lock held by another connection (as the store's)."""
+
+PIPE_SIZE: Final = 1 << 20
+"""Bytes the request pipe holds (Linux ``F_SETPIPE_SZ``): an apply of a few MB then
+crosses in a few system calls, not in 64 KB steps."""
+
+INSERT_ENTRY: Final = (
+    "INSERT INTO entries (mailbox, seq, kind, peer, msg_id, body, ts) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+UPSERT_BOX: Final = (
+    "INSERT INTO mailboxes (mailbox, last_seq, acked_seq, messages, delivered)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (mailbox) DO UPDATE SET"
+    " last_seq = excluded.last_seq, acked_seq = excluded.acked_seq,"
+    " messages = excluded.messages, delivered = excluded.delivered"
+)
+UPSERT_CURSOR: Final = (
+    "INSERT INTO cursors (mailbox, device, seq, ts) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (mailbox, device) DO UPDATE SET"
+    " seq = max(seq, excluded.seq), ts = excluded.ts"
+)
+
+_REQUEST = struct.Struct("!QI")
+_LENGTH = struct.Struct("!I")
+_ANSWER = struct.Struct("!BI")
+
+
+class _Row(msgspec.Struct, frozen=True, gc=False):
+    """An entry as the journal holds it: the fields of
+    :class:`duplex.store.base.Entry`, by name (a test keeps the two the same)."""
+
+    user: str
+    seq: int
+    kind: str
+    peer: str
+    msg_id: bytes
+    body: str
+    ts: int
+
+
+# One journal row: entries, (mailbox, device, seq, ts) cursors and (mailbox,
+# last_seq, acked_seq, messages, delivered) mailbox states, in the order they happened.
+_JournalRow = tuple[
+    list[_Row],
+    list[tuple[str, str, int, int]],
+    list[tuple[str, int, int, int, int]],
+]
+_decoder = msgspec.msgpack.Decoder(_JournalRow)
+
+Folded = tuple[
+    list[tuple[str, int, str, str, bytes, str, int]],
+    list[tuple[str, str, int, int]],
+    list[tuple[str, int, int, int, int]],
+]
+"""What journal rows write: entry rows, cursor rows, mailbox rows."""
+
+
+def fold(blobs: Iterable[bytes]) -> Folded:
+    """The changes of journal rows, in order, as one set of table rows: every entry,
+    each cursor at its highest sequence, each mailbox at its last state."""
+    entries: list[tuple[str, int, str, str, bytes, str, int]] = []
+    cursors: dict[tuple[str, str], tuple[int, int]] = {}
+    boxes: dict[str, tuple[str, int, int, int, int]] = {}
+    astuple = msgspec.structs.astuple
+    for blob in blobs:
+        rows, row_cursors, states = _decoder.decode(blob)
+        entries += map(astuple, rows)
+        for mailbox, device, seq, ts in row_cursors:
+            old = cursors.get((mailbox, device))
+            if old is None or seq >= old[0]:
+                cursors[mailbox, device] = (seq, ts)
+        for state in states:
+            boxes[state[0]] = state
+    return (
+        entries,
+        [(mailbox, device, seq, ts) for (mailbox, device), (seq, ts) in cursors.items()],
+        list(boxes.values()),
+    )
+
+
+def write_folded(conn: sqlite3.Connection, folded: Folded, *, replay: bool = False) -> None:
+    """Writes folded journal rows to the tables, in the caller's transaction.
+
+    ``replay``: some entries may be there already (journal rows that an apply covered
+    before a crash): an entry is its (mailbox, seq), so those are skipped.
+    """
+    entries, cursors, boxes = folded
+    if entries:
+        conn.executemany(INSERT_ENTRY.replace("INSERT", "INSERT OR IGNORE", replay), entries)
+    if cursors:
+        conn.executemany(UPSERT_CURSOR, cursors)
+    if boxes:
+        conn.executemany(UPSERT_BOX, boxes)
+
+
+class ApplyFailed(sqlite3.OperationalError):
+    """An apply the applier could not commit (``sqlite_errorcode`` says why: a busy or
+    full database can pass), or the applier itself failed."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.sqlite_errorcode = code
+
+
+class ApplierProcess:
+    """The hub's side of the applier: starts it, hands it journal rows, stops it.
+
+    One thread uses it (the store's table writer): :meth:`apply` blocks without the
+    GIL while the applier works.
+
+    Args:
+        path: the tables' database (migrated: the applier only writes rows).
+        synchronous: the store's ``PRAGMA synchronous``.
+        nice: added to this process's scheduling niceness for the applier.
+    """
+
+    def __init__(self, path: Path, synchronous: str, nice: int = 0) -> None:
+        self.path = path
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", str(Path(__file__).resolve()), str(path), synchronous],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.pid = self._proc.pid
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._out: IO[bytes] = self._proc.stdin
+        self._in: IO[bytes] = self._proc.stdout
+        self._greeted = False
+        with contextlib.suppress(OSError):  # (a smaller pipe only costs system calls)
+            fcntl.fcntl(self._out.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        if nice:
+            with contextlib.suppress(OSError):  # (raising a child's nice is allowed)
+                mine = os.getpriority(os.PRIO_PROCESS, 0)
+                os.setpriority(os.PRIO_PROCESS, self.pid, min(19, mine + nice))
+
+    def apply(self, commit: int, rows: list[bytes]) -> None:
+        """Writes the journal ``rows`` to the tables as their ``commit``-th write
+        transaction; returns once it is committed.
+
+        Raises:
+            ApplyFailed: it was not committed (rolled back; it may be sent again).
+        """
+        if not self._greeted:  # it opened the database (or says why it could not)
+            self._answer()
+            self._greeted = True
+        parts = [_REQUEST.pack(commit, len(rows))]
+        for row in rows:
+            parts += (_LENGTH.pack(len(row)), row)
+        try:
+            _write_all(self._out.fileno(), parts)
+        except OSError as exc:
+            raise self._ended(str(exc)) from None
+        self._answer()
+
+    def _answer(self) -> None:
+        answer = self._in.read(_ANSWER.size)
+        if len(answer) < _ANSWER.size:
+            raise self._ended("it closed its output")
+        code, length = _ANSWER.unpack(answer)
+        if code:
+            raise ApplyFailed(code, self._in.read(length).decode(errors="replace"))
+
+    def _ended(self, detail: str) -> ApplyFailed:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(1.0)
+        status = self._proc.returncode
+        return ApplyFailed(
+            -1, f"the applier process ({self.pid}) ended ({detail}; exit status {status})"
+        )
+
+    def close(self, timeout: float = 30.0) -> int | None:
+        """Closes the applier's input, so it ends, and waits for it; returns its exit
+        status (None if it had to be killed)."""
+        with contextlib.suppress(OSError):
+            self._out.close()
+        try:
+            status = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+            status = None
+        self._in.close()
+        return status
+
+
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """Writes every byte of ``parts`` to ``fd`` (a pipe: writes may be partial)."""
+    view = [memoryview(p) for p in parts if p]
+    limit = os.sysconf("SC_IOV_MAX")
+    while view:
+        sent = os.writev(fd, view[:limit])
+        while sent:
+            first = view[0]
+            if sent >= len(first):
+                sent -= len(first)
+                view.pop(0)
+            else:
+                view[0] = first[sent:]
+                sent = 0
+
+
+# -- the applier process ------------------------------------------------------
+
+
+def _read_exactly(source: IO[bytes], n: int) -> bytes | None:
+    data = source.read(n)
+    if len(data) < n:
+        return None  # the hub closed its end (or died): stop
+    return data
+
+
+def _answer(sink: IO[bytes], exc: BaseException | None) -> None:
+    if exc is None:
+        sink.write(_ANSWER.pack(0, 0))
+    else:
+        code = int(getattr(exc, "sqlite_errorcode", -1)) & 0xFF or 0xFF
+        text = f"{type(exc).__name__}: {exc}".encode()
+        sink.write(_ANSWER.pack(code, len(text)) + text)
+    sink.flush()
+
+
+def _serve(conn: sqlite3.Connection, source: IO[bytes], sink: IO[bytes]) -> None:
+    while (header := _read_exactly(source, _REQUEST.size)) is not None:
+        commit, count = _REQUEST.unpack(header)
+        rows: list[bytes] = []
+        for _ in range(count):
+            length = _read_exactly(source, _LENGTH.size)
+            row = _read_exactly(source, _LENGTH.unpack(length)[0]) if length else None
+            if row is None:
+                return
+            rows.append(row)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            write_folded(conn, fold(rows))
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (commit,))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            _answer(sink, exc)
+        else:
+            _answer(sink, None)
+
+
+def main(argv: list[str]) -> int:
+    """The applier: ``applier.py DB SYNCHRONOUS``, requests on stdin, answers on stdout."""
+    if len(argv) != 2:
+        print("usage: applier.py DB SYNCHRONOUS (started by the SQLite store)", file=sys.stderr)
+        return 2
+    path, synchronous = argv
+    if synchronous not in ("NORMAL", "FULL", "EXTRA"):
+        print(f"applier: synchronous must be NORMAL, FULL or EXTRA: {synchronous}", file=sys.stderr)
+        return 2
+    # It ends when its input closes, not on a signal meant for the hub: Ctrl-C reaches
+    # the whole process group, and a service manager's SIGTERM the whole cgroup, while
+    # the hub, stopping, still hands it the last apply.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+    except Exception as exc:  # the store hears why at its first apply
+        with contextlib.suppress(BrokenPipeError):
+            _answer(sink, exc)
+        return 1
+    with contextlib.suppress(BrokenPipeError):
+        _answer(sink, None)  # ready
+        _serve(conn, source, sink)
+    # Out without closing the connection: the last connection to close checkpoints the
+    # log into the database and deletes it, and if the hub died, that would rewrite
+    # what the crash left behind before the hub's next start had checked it. (No
+    # transaction is open here; the hub's own connection checkpoints at its close.)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
