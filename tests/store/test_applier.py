@@ -17,7 +17,8 @@ import pytest
 from duplex.client import register
 from duplex.errors import StoreError
 from duplex.store import SqliteStore
-from duplex.store.applier import ApplierProcess, ApplyFailed, _Row, fold, main
+from duplex.store import sqlite as sqlite_store
+from duplex.store.applier import ApplierGone, ApplierProcess, ApplyFailed, _Row, fold, main
 from duplex.store.base import Entry, NewMessage
 from duplex.testing.hubs import HubProcess
 from duplex.testing.servers import scaled
@@ -76,10 +77,93 @@ def test_the_applier_writes_the_tables_and_ends_with_the_store(tmp_path: Path) -
     assert bodies == [f"m{i}" for i in range(60)]
 
 
-def test_a_dead_applier_fails_the_store_and_a_reopen_recovers_everything(tmp_path: Path) -> None:
-    """The applier is killed: the next apply fails, the store stops taking writes
-    with an error that names the applier, and a reopen applies the journal, so every
-    message the store acknowledged is there, once."""
+def test_a_killed_applier_is_replaced_and_nothing_is_lost_or_doubled(tmp_path: Path) -> None:
+    """The applier is killed (by hand, by the OOM killer): the next apply starts a
+    new one, and every message the store acknowledged is in the tables once."""
+    db = tmp_path / "hub.db"
+
+    async def body() -> tuple[list[str], list[str]]:
+        store = SqliteStore(db)
+        await store.open()
+        acked: list[str] = []
+        try:
+            for round_ in range(3):
+                for i in range(20):
+                    body = f"m{round_}.{i}"
+                    await store.store_message(NewMessage("alice", "bob", new_id(), body, i))
+                    acked.append(body)
+                assert store._applier is not None
+                old = store._applier.pid
+                os.kill(old, signal.SIGKILL)
+                await store._apply_now()  # the apply after the kill: a new applier
+                assert store._applier.pid != old
+            stored = [e.body for e in await store.fetch("bob", 0, 100)]
+        finally:
+            await store.close()
+        return acked, stored
+
+    acked, stored = asyncio.run(body())
+    assert stored == acked
+    with sqlite3.connect(db) as conn:
+        rows = [r[0] for r in conn.execute("SELECT body FROM entries ORDER BY seq")]
+    conn.close()
+    assert rows == acked
+
+
+def test_an_apply_sent_again_skips_what_the_dead_applier_committed(tmp_path: Path) -> None:
+    """A killed applier may have committed its last apply before it could answer: the
+    store sends it again to the new one as a replay, which writes it once."""
+    db = tmp_path / "hub.db"
+    _migrated(db)
+    entry = Entry("bob", 1, "msg", "alice", new_id(), "hi", 1)
+    row = msgspec.msgpack.encode(([entry], [], [("bob", 1, 0, 1, 0)]))
+    applier = ApplierProcess(db, "FULL")
+    try:
+        applier.apply(1, [row])
+        with pytest.raises(ApplyFailed, match="UNIQUE"):
+            applier.apply(2, [row])
+        applier.apply(2, [row], replay=True)
+    finally:
+        assert applier.close() == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM entries").fetchone() == (1,)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'commits'").fetchone() == (2,)
+    conn.close()
+
+
+def _migrated(db: Path) -> None:
+    async def body() -> None:
+        store = SqliteStore(db)
+        await store.open()
+        await store.close()
+
+    asyncio.run(body())
+
+
+def test_a_hung_applier_is_killed(tmp_path: Path) -> None:
+    """A stopped applier must not stop the applies for good: past its timeout it is
+    killed, and the store's next apply goes to a new one."""
+    db = tmp_path / "hub.db"
+    _migrated(db)
+    applier = ApplierProcess(db, "FULL", timeout=0.5)
+    try:
+        applier.apply(1, [])
+        os.kill(applier.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(ApplierGone, match=r"did not answer within 0.5 s, so it was killed"):
+            applier.apply(2, [])
+        assert time.monotonic() - started < scaled(5)
+        assert not psutil.pid_exists(applier.pid)
+    finally:
+        applier.close()
+
+
+def test_an_applier_that_cannot_be_replaced_fails_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One replacement per apply: if the new applier fails too, the store stops taking
+    writes (as after a failed fsync), with an error that says why; the journal keeps
+    everything for the next open."""
     db = tmp_path / "hub.db"
 
     async def first() -> list[str]:
@@ -87,16 +171,17 @@ def test_a_dead_applier_fails_the_store_and_a_reopen_recovers_everything(tmp_pat
         await store.open()
         acked: list[str] = []
         try:
-            for i in range(20):
+            for i in range(10):
                 await store.store_message(NewMessage("alice", "bob", new_id(), f"m{i}", i))
                 acked.append(f"m{i}")
-            await store._apply_now()
             assert store._applier is not None
+            # The replacement cannot open the database.
+            broken = tmp_path / "missing" / "hub.db"
+            monkeypatch.setattr(
+                sqlite_store, "ApplierProcess", lambda *args: ApplierProcess(broken, "FULL")
+            )
             os.kill(store._applier.pid, signal.SIGKILL)
-            for i in range(20, 40):  # durable in the journal: the apply is what fails
-                await store.store_message(NewMessage("alice", "bob", new_id(), f"m{i}", i))
-                acked.append(f"m{i}")
-            with pytest.raises(StoreError, match="applier process"):
+            with pytest.raises(StoreError, match="unable to open database"):
                 await store._apply_now()
             with pytest.raises(StoreError, match="accepts no more writes"):
                 await store.store_message(NewMessage("alice", "bob", new_id(), "late", 99))

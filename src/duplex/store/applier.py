@@ -19,7 +19,7 @@ The journal rows themselves, as the journal writer committed them (MessagePack b
 see :mod:`duplex.store.sqlite`): the loop already has them, so nothing is encoded
 twice and the applier reads nothing from the journal's file. One request::
 
-    commit number (u64) | row count (u32) | (length (u32) | row) * count
+    commit number (u64) | row count (u32) | flags (u8) | (length (u32) | row) * count
 
 makes one transaction: every entry of those rows, each cursor at its highest
 sequence, each mailbox at its last state, and the tables' commit counter set to the
@@ -27,7 +27,9 @@ commit number (what the high-water mark compares). The answer is one byte, 0 for
 committed, or an SQLite error code, then the length (u32) and text of the error
 (empty on success). After an error the transaction is rolled back, so the same request
 can be sent again. The applier's first answer comes unasked: whether it could open the
-database.
+database. The flag ``1`` (replay) skips entries that are in the tables already: the
+hub sets it when it sends an apply again to a new applier, because the one that died
+may have committed it before it could answer.
 
 The applier writes nothing else: accounts, tokens and contacts stay with the hub's
 table-writer thread, which also sends the applies, one thing at a time, so the two
@@ -45,11 +47,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import signal
 import sqlite3
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Final
@@ -57,9 +61,11 @@ from typing import IO, Final
 import msgspec
 
 __all__ = [
+    "ANSWER_TIMEOUT",
     "INSERT_ENTRY",
     "UPSERT_BOX",
     "UPSERT_CURSOR",
+    "ApplierGone",
     "ApplierProcess",
     "ApplyFailed",
     "Folded",
@@ -89,7 +95,14 @@ UPSERT_CURSOR: Final = (
     " seq = max(seq, excluded.seq), ts = excluded.ts"
 )
 
-_REQUEST = struct.Struct("!QI")
+ANSWER_TIMEOUT: Final = 120.0
+"""Seconds the hub waits for an apply's answer before it kills the applier as hung
+(an apply of the most entries one takes lasts a fraction of a second; waiting for a
+lock lasts :data:`BUSY_TIMEOUT` at most). A stopped applier must not stop the applies
+for good: the memory the journal's unapplied rows hold grows until one is done."""
+
+_REQUEST = struct.Struct("!QIB")
+_REPLAY = 1  # request flag: some entries may be in the tables already
 _LENGTH = struct.Struct("!I")
 _ANSWER = struct.Struct("!BI")
 
@@ -171,6 +184,13 @@ class ApplyFailed(sqlite3.OperationalError):
         self.sqlite_errorcode = code
 
 
+class ApplierGone(ApplyFailed):
+    """The applier ended, or stopped answering and was killed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(-1, message)
+
+
 class ApplierProcess:
     """The hub's side of the applier: starts it, hands it journal rows, stops it.
 
@@ -181,10 +201,14 @@ class ApplierProcess:
         path: the tables' database (migrated: the applier only writes rows).
         synchronous: the store's ``PRAGMA synchronous``.
         nice: added to this process's scheduling niceness for the applier.
+        timeout: seconds to wait for an answer (see :data:`ANSWER_TIMEOUT`).
     """
 
-    def __init__(self, path: Path, synchronous: str, nice: int = 0) -> None:
+    def __init__(
+        self, path: Path, synchronous: str, nice: int = 0, timeout: float = ANSWER_TIMEOUT
+    ) -> None:
         self.path = path
+        self.timeout = timeout
         self._proc = subprocess.Popen(
             [sys.executable, "-I", str(Path(__file__).resolve()), str(path), synchronous],
             stdin=subprocess.PIPE,
@@ -202,39 +226,58 @@ class ApplierProcess:
                 mine = os.getpriority(os.PRIO_PROCESS, 0)
                 os.setpriority(os.PRIO_PROCESS, self.pid, min(19, mine + nice))
 
-    def apply(self, commit: int, rows: list[bytes]) -> None:
+    def apply(self, commit: int, rows: list[bytes], *, replay: bool = False) -> None:
         """Writes the journal ``rows`` to the tables as their ``commit``-th write
-        transaction; returns once it is committed.
+        transaction; returns once it is committed. ``replay``: some of their entries
+        may be in the tables already (skip them).
 
         Raises:
+            ApplierGone: the applier ended, or did not answer within ``timeout`` and
+                was killed (the apply may or may not be committed).
             ApplyFailed: it was not committed (rolled back; it may be sent again).
         """
         if not self._greeted:  # it opened the database (or says why it could not)
             self._answer()
             self._greeted = True
-        parts = [_REQUEST.pack(commit, len(rows))]
+        parts = [_REQUEST.pack(commit, len(rows), _REPLAY if replay else 0)]
         for row in rows:
             parts += (_LENGTH.pack(len(row)), row)
         try:
             _write_all(self._out.fileno(), parts)
         except OSError as exc:
-            raise self._ended(str(exc)) from None
+            raise self._gone(f"cannot write to it: {exc}") from None
         self._answer()
 
     def _answer(self) -> None:
-        answer = self._in.read(_ANSWER.size)
-        if len(answer) < _ANSWER.size:
-            raise self._ended("it closed its output")
-        code, length = _ANSWER.unpack(answer)
+        deadline = time.monotonic() + self.timeout
+        code, length = _ANSWER.unpack(self._read(_ANSWER.size, deadline))
         if code:
-            raise ApplyFailed(code, self._in.read(length).decode(errors="replace"))
+            text = self._read(length, deadline).decode(errors="replace")
+            raise ApplyFailed(code, text)
 
-    def _ended(self, detail: str) -> ApplyFailed:
+    def _read(self, n: int, deadline: float) -> bytes:
+        """``n`` bytes of the applier's output, by ``deadline``."""
+        fd = self._in.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        data = b""
+        while len(data) < n:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not poller.poll(wait * 1000):
+                self._proc.kill()
+                raise self._gone(f"it did not answer within {self.timeout:g} s, so it was killed")
+            chunk = os.read(fd, n - len(data))
+            if not chunk:
+                raise self._gone("it closed its output")
+            data += chunk
+        return data
+
+    def _gone(self, detail: str) -> ApplierGone:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(1.0)
         status = self._proc.returncode
-        return ApplyFailed(
-            -1, f"the applier process ({self.pid}) ended ({detail}; exit status {status})"
+        return ApplierGone(
+            f"the applier process ({self.pid}) ended: {detail} (exit status {status})"
         )
 
     def close(self, timeout: float = 30.0) -> int | None:
@@ -248,7 +291,8 @@ class ApplierProcess:
             self._proc.kill()
             self._proc.wait()
             status = None
-        self._in.close()
+        with contextlib.suppress(OSError):
+            self._in.close()
         return status
 
 
@@ -290,7 +334,7 @@ def _answer(sink: IO[bytes], exc: BaseException | None) -> None:
 
 def _serve(conn: sqlite3.Connection, source: IO[bytes], sink: IO[bytes]) -> None:
     while (header := _read_exactly(source, _REQUEST.size)) is not None:
-        commit, count = _REQUEST.unpack(header)
+        commit, count, flags = _REQUEST.unpack(header)
         rows: list[bytes] = []
         for _ in range(count):
             length = _read_exactly(source, _LENGTH.size)
@@ -300,7 +344,7 @@ def _serve(conn: sqlite3.Connection, source: IO[bytes], sink: IO[bytes]) -> None
             rows.append(row)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            write_folded(conn, fold(rows))
+            write_folded(conn, fold(rows), replay=bool(flags & _REPLAY))
             conn.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (commit,))
             conn.execute("COMMIT")
         except Exception as exc:

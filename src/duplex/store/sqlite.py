@@ -75,9 +75,10 @@ If a batch or an apply cannot be committed (a failed fsync, a full disk past
 :data:`RETRY_FOR` seconds of retries), what the loop staged after it can no longer be
 trusted to match the disk: the store fails every waiting caller and accepts no more
 writes until it is reopened, which recovers from the journal (PostgreSQL reasons the
-same way about a failed fsync and panics). So does an applier process that ends (killed
-by hand or by the kernel's OOM killer): nothing it had not written is lost, since the
-journal keeps every row until an apply has covered it. A request that fails on its own (a contact
+same way about a failed fsync and panics). An applier process that ends (killed by
+hand or by the kernel's OOM killer) or hangs is replaced once per apply; if the new one
+fails too, so does the store. Either way nothing is lost: the journal keeps every row
+until an apply has covered it. A request that fails on its own (a contact
 naming an unknown user) runs in a savepoint and fails alone.
 
 Reads
@@ -152,7 +153,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from duplex.errors import StoreCorrupt, StoreError, map_exceptions
-from duplex.store.applier import ApplierProcess, fold, write_folded
+from duplex.store.applier import ApplierGone, ApplierProcess, fold, write_folded
 from duplex.store.base import Entry, EntryKind, NewMessage, Stored, StoreStats, User, validate_batch
 from duplex.store.migrate import SCHEMA_VERSION_DDL, load_migrations
 
@@ -687,8 +688,11 @@ class SqliteStore:
                 # A first read opens the log and its index now, not on the first
                 # message (a descriptor count taken at start would seem to leak).
                 reader.execute("SELECT count(*) FROM meta").fetchone()
+        self._applier = self._start_applier()
+
+    def _start_applier(self) -> ApplierProcess:
         try:
-            self._applier = ApplierProcess(self.path, self.synchronous, APPLIER_NICE)
+            return ApplierProcess(self.path, self.synchronous, APPLIER_NICE)
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot start the applier process: {exc}") from exc
 
@@ -940,7 +944,16 @@ class SqliteStore:
         job = work.apply
         if job is not None:
             assert self._applier is not None
-            self._applier.apply(self._commits + 1, job.rows)
+            try:
+                self._applier.apply(self._commits + 1, job.rows)
+            except ApplierGone as exc:
+                # Killed (by hand, by the OOM killer) or hung: once, a new one takes
+                # over. The old one may have committed this apply before it ended, so
+                # the new one skips what is there already.
+                logger.warning("%s: %s; starting a new one", self.path, exc)
+                self._stop_applier()
+                self._applier = self._start_applier()
+                self._applier.apply(self._commits + 1, job.rows, replay=True)
             self._commits += 1
             self.commit_count += 1
             self._write_hwm_after_commit()
