@@ -116,13 +116,13 @@ def test_an_apply_sent_again_skips_what_the_dead_applier_committed(tmp_path: Pat
     db = tmp_path / "hub.db"
     _migrated(db)
     entry = Entry("bob", 1, "msg", "alice", new_id(), "hi", 1)
-    row = msgspec.msgpack.encode(([entry], [], [("bob", 1, 0, 1, 0)]))
-    applier = ApplierProcess(db, "FULL")
+    _journal(db, msgspec.msgpack.encode(([entry], [], [("bob", 1, 0, 1, 0)])))
+    applier = ApplierProcess(db, _log(db), "FULL")
     try:
-        applier.apply(1, [row])
+        applier.apply(1, 0, 1)
         with pytest.raises(ApplyFailed, match="UNIQUE"):
-            applier.apply(2, [row])
-        applier.apply(2, [row], replay=True)
+            applier.apply(2, 0, 1)
+        applier.apply(2, 0, 1, replay=True)
     finally:
         assert applier.close() == 0
     with sqlite3.connect(db) as conn:
@@ -140,18 +140,45 @@ def _migrated(db: Path) -> None:
     asyncio.run(body())
 
 
+def _log(db: Path) -> Path:
+    return db.with_name(db.name + ".log")
+
+
+def _journal(db: Path, *rows: bytes) -> None:
+    """Appends ``rows`` to the journal, as the journal writer would (ids 1, 2, ...)."""
+    with sqlite3.connect(_log(db)) as log:
+        log.executemany("INSERT INTO journal (ops) VALUES (?)", [(row,) for row in rows])
+    log.close()
+
+
+def test_an_apply_of_rows_the_journal_lacks_fails(tmp_path: Path) -> None:
+    """The hub names the journal rows to apply; if the last is not there (the journal
+    was changed behind its back), nothing is written and the apply fails, saying so."""
+    db = tmp_path / "hub.db"
+    _migrated(db)
+    _journal(db, msgspec.msgpack.encode(([], [], [("bob", 0, 0, 0, 0)])))
+    applier = ApplierProcess(db, _log(db), "FULL")
+    try:
+        with pytest.raises(ApplyFailed, match="the journal has no row 2"):
+            applier.apply(1, 0, 2)
+        applier.apply(1, 0, 1)  # what is there applies
+    finally:
+        assert applier.close() == 0
+
+
 def test_a_hung_applier_is_killed(tmp_path: Path) -> None:
     """A stopped applier must not stop the applies for good: past its timeout it is
     killed, and the store's next apply goes to a new one."""
     db = tmp_path / "hub.db"
     _migrated(db)
-    applier = ApplierProcess(db, "FULL", timeout=0.5)
+    _journal(db, msgspec.msgpack.encode(([], [], [("bob", 0, 0, 0, 0)])))
+    applier = ApplierProcess(db, _log(db), "FULL", timeout=0.5)
     try:
-        applier.apply(1, [])
+        applier.apply(1, 0, 1)
         os.kill(applier.pid, signal.SIGSTOP)
         started = time.monotonic()
         with pytest.raises(ApplierGone, match=r"did not answer within 0.5 s, so it was killed"):
-            applier.apply(2, [])
+            applier.apply(2, 0, 1, replay=True)
         assert time.monotonic() - started < scaled(5)
         assert not psutil.pid_exists(applier.pid)
     finally:
@@ -178,7 +205,9 @@ def test_an_applier_that_cannot_be_replaced_fails_the_store(
             # The replacement cannot open the database.
             broken = tmp_path / "missing" / "hub.db"
             monkeypatch.setattr(
-                sqlite_store, "ApplierProcess", lambda *args: ApplierProcess(broken, "FULL")
+                sqlite_store,
+                "ApplierProcess",
+                lambda *args: ApplierProcess(broken, _log(db), "FULL"),
             )
             os.kill(store._applier.pid, signal.SIGKILL)
             with pytest.raises(StoreError, match="unable to open database"):
@@ -202,17 +231,17 @@ def test_an_applier_that_cannot_be_replaced_fails_the_store(
 
 
 def test_an_applier_that_cannot_open_the_database_says_why(tmp_path: Path) -> None:
-    applier = ApplierProcess(tmp_path / "missing" / "hub.db", "FULL")
+    applier = ApplierProcess(tmp_path / "missing" / "hub.db", tmp_path / "hub.db.log", "FULL")
     try:
         with pytest.raises(ApplyFailed, match="unable to open database"):
-            applier.apply(1, [])
+            applier.apply(1, 0, 1)
     finally:
         assert applier.close() == 1
 
 
 def test_the_applier_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
-    assert main(["hub.db", "sometimes"]) == 2
+    assert main(["hub.db", "hub.db.log", "sometimes"]) == 2
     assert "synchronous must be" in capsys.readouterr().err
 
 

@@ -7,29 +7,32 @@ Applying the journal is the SQLite store's biggest piece of work per message: tw
 entry rows (the message and its receipt), each an insert into three B-trees, plus the
 mailbox and cursor rows, about 9 us of CPU per relayed message on this machine. As a
 thread of the hub it ran under the hub's GIL: on the hub's CPU it took that time from
-the event loop (a quarter of the loop's messages per second), and on another CPU it
-was slower still, because the GIL passed between the CPUs with every row
-(``benchmarks/hub_relay.py``: 21,400 msg/s at 44 us per message with the thread,
-27,900 at 35 us with no apply at all). A process has its own interpreter, so the apply
-runs beside the loop on a second CPU and costs it only the hand-over.
+the event loop (``benchmarks/hub_relay.py``: 21,400 msg/s at 44 us per message with
+the thread, 27,900 at 35 us with no apply at all), and on another CPU it was slower
+still, the GIL crossing between the CPUs. A process has its own interpreter, so the
+apply runs beside the loop on a second CPU and costs it only the hand-over: in
+alternating runs of the same hour, 18,500-22,000 msg/s with the thread and
+21,200-25,100 with the process.
 
 What crosses the pipe
 ---------------------
-The journal rows themselves, as the journal writer committed them (MessagePack blobs,
-see :mod:`duplex.store.sqlite`): the loop already has them, so nothing is encoded
-twice and the applier reads nothing from the journal's file. One request::
+Which journal rows to apply, not the rows: the applier reads them from the journal's
+file (``<db>.log``), where they stay until an apply has covered them. (Sent over the
+pipe, the rows had to be kept in the hub's memory until their apply, a second copy of
+every message body there.) One request::
 
-    commit number (u64) | row count (u32) | flags (u8) | (length (u32) | row) * count
+    commit number (u64) | after (u64) | upto (u64) | flags (u8)
 
-makes one transaction: every entry of those rows, each cursor at its highest
-sequence, each mailbox at its last state, and the tables' commit counter set to the
-commit number (what the high-water mark compares). The answer is one byte, 0 for
-committed, or an SQLite error code, then the length (u32) and text of the error
-(empty on success). After an error the transaction is rolled back, so the same request
-can be sent again. The applier's first answer comes unasked: whether it could open the
-database. The flag ``1`` (replay) skips entries that are in the tables already: the
-hub sets it when it sends an apply again to a new applier, because the one that died
-may have committed it before it could answer.
+makes one transaction of the journal rows ``after < id <= upto`` (MessagePack blobs,
+see :mod:`duplex.store.sqlite`; row ``upto`` must be there): every entry of those
+rows, each cursor at its highest sequence, each mailbox at its last state, and the
+tables' commit counter set to the commit number (what the high-water mark compares).
+The answer is one byte, 0 for committed, or an SQLite error code, then the length
+(u32) and text of the error (empty on success). After an error the transaction is
+rolled back, so the same request can be sent again. The applier's first answer comes
+unasked: whether it could open the database. The flag ``1`` (replay) skips entries
+that are in the tables already: the hub sets it when it sends an apply again to a new
+applier, because the one that died may have committed it before it could answer.
 
 The applier writes nothing else: accounts, tokens and contacts stay with the hub's
 table-writer thread, which also sends the applies, one thing at a time, so the two
@@ -37,7 +40,7 @@ writers of the tables never wait for each other's lock. The applier ends when it
 input closes: when the store closes, and when the hub dies, however it dies; signals
 meant for the hub (Ctrl-C, a service manager's SIGTERM) do not end it.
 
-This file runs as a script (``python -I applier.py DB SYNCHRONOUS``), without the
+This file runs as a script (``python -I applier.py DB LOG SYNCHRONOUS``), without the
 duplex package: it imports only the standard library and msgspec, starts in about
 40 ms, and holds none of the hub's memory.
 """
@@ -45,7 +48,6 @@ duplex package: it imports only the standard library and msgspec, starts in abou
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import select
 import signal
@@ -69,16 +71,13 @@ __all__ = [
     "ApplierProcess",
     "ApplyFailed",
     "Folded",
+    "JournalGap",
     "fold",
     "write_folded",
 ]
 
 BUSY_TIMEOUT: Final = 5.0
 """Seconds the applier waits for a lock held by another connection (as the store's)."""
-
-PIPE_SIZE: Final = 1 << 20
-"""Bytes the request pipe holds (Linux ``F_SETPIPE_SZ``): an apply of a few MB then
-crosses in a few system calls, not in 64 KB steps."""
 
 INSERT_ENTRY: Final = (
     "INSERT INTO entries (mailbox, seq, kind, peer, msg_id, body, ts) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -101,9 +100,8 @@ ANSWER_TIMEOUT: Final = 120.0
 lock lasts :data:`BUSY_TIMEOUT` at most). A stopped applier must not stop the applies
 for good: the memory the journal's unapplied rows hold grows until one is done."""
 
-_REQUEST = struct.Struct("!QIB")
+_REQUEST = struct.Struct("!QQQB")
 _REPLAY = 1  # request flag: some entries may be in the tables already
-_LENGTH = struct.Struct("!I")
 _ANSWER = struct.Struct("!BI")
 
 
@@ -128,6 +126,7 @@ _JournalRow = tuple[
     list[tuple[str, int, int, int, int]],
 ]
 _decoder = msgspec.msgpack.Decoder(_JournalRow)
+_ROWS = "SELECT id, ops FROM journal WHERE id > ? AND id <= ? ORDER BY id"
 
 Folded = tuple[
     list[tuple[str, int, str, str, bytes, str, int]],
@@ -192,25 +191,32 @@ class ApplierGone(ApplyFailed):
 
 
 class ApplierProcess:
-    """The hub's side of the applier: starts it, hands it journal rows, stops it.
+    """The hub's side of the applier: starts it, tells it what to apply, stops it.
 
     One thread uses it (the store's table writer): :meth:`apply` blocks without the
     GIL while the applier works.
 
     Args:
         path: the tables' database (migrated: the applier only writes rows).
+        log: the journal's database.
         synchronous: the store's ``PRAGMA synchronous``.
         nice: added to this process's scheduling niceness for the applier.
         timeout: seconds to wait for an answer (see :data:`ANSWER_TIMEOUT`).
     """
 
     def __init__(
-        self, path: Path, synchronous: str, nice: int = 0, timeout: float = ANSWER_TIMEOUT
+        self,
+        path: Path,
+        log: Path,
+        synchronous: str,
+        nice: int = 0,
+        timeout: float = ANSWER_TIMEOUT,
     ) -> None:
         self.path = path
         self.timeout = timeout
+        script = str(Path(__file__).resolve())
         self._proc = subprocess.Popen(
-            [sys.executable, "-I", str(Path(__file__).resolve()), str(path), synchronous],
+            [sys.executable, "-I", script, str(path), str(log), synchronous],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -219,17 +225,15 @@ class ApplierProcess:
         self._out: IO[bytes] = self._proc.stdin
         self._in: IO[bytes] = self._proc.stdout
         self._greeted = False
-        with contextlib.suppress(OSError):  # (a smaller pipe only costs system calls)
-            fcntl.fcntl(self._out.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         if nice:
             with contextlib.suppress(OSError):  # (raising a child's nice is allowed)
                 mine = os.getpriority(os.PRIO_PROCESS, 0)
                 os.setpriority(os.PRIO_PROCESS, self.pid, min(19, mine + nice))
 
-    def apply(self, commit: int, rows: list[bytes], *, replay: bool = False) -> None:
-        """Writes the journal ``rows`` to the tables as their ``commit``-th write
-        transaction; returns once it is committed. ``replay``: some of their entries
-        may be in the tables already (skip them).
+    def apply(self, commit: int, after: int, upto: int, *, replay: bool = False) -> None:
+        """Writes the journal rows ``after < id <= upto`` to the tables as their
+        ``commit``-th write transaction; returns once it is committed. ``replay``: some
+        of their entries may be in the tables already (skip them).
 
         Raises:
             ApplierGone: the applier ended, or did not answer within ``timeout`` and
@@ -239,11 +243,8 @@ class ApplierProcess:
         if not self._greeted:  # it opened the database (or says why it could not)
             self._answer()
             self._greeted = True
-        parts = [_REQUEST.pack(commit, len(rows), _REPLAY if replay else 0)]
-        for row in rows:
-            parts += (_LENGTH.pack(len(row)), row)
         try:
-            _write_all(self._out.fileno(), parts)
+            os.write(self._out.fileno(), _REQUEST.pack(commit, after, upto, replay))
         except OSError as exc:
             raise self._gone(f"cannot write to it: {exc}") from None
         self._answer()
@@ -296,22 +297,6 @@ class ApplierProcess:
         return status
 
 
-def _write_all(fd: int, parts: list[bytes]) -> None:
-    """Writes every byte of ``parts`` to ``fd`` (a pipe: writes may be partial)."""
-    view = [memoryview(p) for p in parts if p]
-    limit = os.sysconf("SC_IOV_MAX")
-    while view:
-        sent = os.writev(fd, view[:limit])
-        while sent:
-            first = view[0]
-            if sent >= len(first):
-                sent -= len(first)
-                view.pop(0)
-            else:
-                view[0] = first[sent:]
-                sent = 0
-
-
 # -- the applier process ------------------------------------------------------
 
 
@@ -332,17 +317,25 @@ def _answer(sink: IO[bytes], exc: BaseException | None) -> None:
     sink.flush()
 
 
-def _serve(conn: sqlite3.Connection, source: IO[bytes], sink: IO[bytes]) -> None:
+class JournalGap(sqlite3.DatabaseError):
+    """The journal lacks a row the hub says it committed."""
+
+
+def _serve(
+    conn: sqlite3.Connection, log: sqlite3.Connection, source: IO[bytes], sink: IO[bytes]
+) -> None:
     while (header := _read_exactly(source, _REQUEST.size)) is not None:
-        commit, count, flags = _REQUEST.unpack(header)
-        rows: list[bytes] = []
-        for _ in range(count):
-            length = _read_exactly(source, _LENGTH.size)
-            row = _read_exactly(source, _LENGTH.unpack(length)[0]) if length else None
-            if row is None:
-                return
-            rows.append(row)
+        commit, after, upto, flags = _REQUEST.unpack(header)
         try:
+            ids, rows = [], []
+            for row_id, row in log.execute(_ROWS, (after, upto)):
+                ids.append(row_id)
+                rows.append(row)
+            if not ids or ids[-1] != upto:
+                raise JournalGap(
+                    f"the journal has no row {upto} (rows {after + 1} to {upto} hold "
+                    f"{len(ids)}): it was changed behind the hub's back"
+                )
             conn.execute("BEGIN IMMEDIATE")
             write_folded(conn, fold(rows), replay=bool(flags & _REPLAY))
             conn.execute("UPDATE meta SET value = ? WHERE key = 'commits'", (commit,))
@@ -357,11 +350,12 @@ def _serve(conn: sqlite3.Connection, source: IO[bytes], sink: IO[bytes]) -> None
 
 
 def main(argv: list[str]) -> int:
-    """The applier: ``applier.py DB SYNCHRONOUS``, requests on stdin, answers on stdout."""
-    if len(argv) != 2:
-        print("usage: applier.py DB SYNCHRONOUS (started by the SQLite store)", file=sys.stderr)
+    """The applier: ``applier.py DB LOG SYNCHRONOUS``, requests on stdin, answers on
+    stdout."""
+    if len(argv) != 3:
+        print("usage: applier.py DB LOG SYNCHRONOUS (started by the SQLite store)", file=sys.stderr)
         return 2
-    path, synchronous = argv
+    path, log_path, synchronous = argv
     if synchronous not in ("NORMAL", "FULL", "EXTRA"):
         print(f"applier: synchronous must be NORMAL, FULL or EXTRA: {synchronous}", file=sys.stderr)
         return 2
@@ -376,13 +370,16 @@ def main(argv: list[str]) -> int:
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
         conn.execute("PRAGMA journal_size_limit = 67108864")
+        log = sqlite3.connect(log_path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        log.execute("PRAGMA query_only = ON")
+        log.execute("SELECT count(*) FROM journal").fetchone()  # it is a journal
     except Exception as exc:  # the store hears why at its first apply
         with contextlib.suppress(BrokenPipeError):
             _answer(sink, exc)
         return 1
     with contextlib.suppress(BrokenPipeError):
         _answer(sink, None)  # ready
-        _serve(conn, source, sink)
+        _serve(conn, log, source, sink)
     # Out without closing the connection: the last connection to close checkpoints the
     # log into the database and deletes it, and if the hub died, that would rewrite
     # what the crash left behind before the hub's next start had checked it. (No

@@ -27,17 +27,18 @@ Two threads write, each to a file of its own, so neither waits for the other:
   table in ``<db>.log``: the batch's new entries, cursors and the new state of the
   mailboxes it touched, as a MessagePack blob. That is one B-tree insert and a few
   pages of log per commit, however many messages it carries;
-* the **table writer** hands what the journal holds to the **applier**, a process of
-  its own (:mod:`duplex.store.applier`), every :data:`APPLY_AFTER` seconds (sooner
-  past :data:`APPLY_ENTRIES` entries or :data:`APPLY_BYTES` bytes): the journal rows
-  as committed, which the applier writes to the tables of ``<db>`` in one transaction
-  with one ``executemany`` per table. A big apply writes each index page it touches
-  once. (Applied with every commit instead, in one file, the entries' index spread
-  each commit over about a hundred pages of log: the writers took 39 us of CPU per
-  relayed message against 21.) In a process, the apply's CPU (the biggest part of the
-  store's) runs beside the event loop instead of under its GIL. The table writer also
-  runs the rare account, token and contact changes itself, in transactions of their
-  own between applies. The next journal commit deletes the rows an apply covered.
+* the **table writer** tells the **applier**, a process of its own
+  (:mod:`duplex.store.applier`), which journal rows to apply, every
+  :data:`APPLY_AFTER` seconds (sooner past :data:`APPLY_ENTRIES` entries or
+  :data:`APPLY_BYTES` bytes); the applier reads them from the journal and writes them
+  to the tables of ``<db>`` in one transaction with one ``executemany`` per table. A
+  big apply writes each index page it touches once. (Applied with every commit
+  instead, in one file, the entries' index spread each commit over about a hundred
+  pages of log: the writers took 39 us of CPU per relayed message against 21.) In a
+  process, the apply's CPU (the biggest part of the store's) runs beside the event
+  loop instead of under its GIL. The table writer also runs the rare account, token
+  and contact changes itself, in transactions of their own between applies. The next
+  journal commit deletes the rows an apply covered.
 
 An entry is written once and never updated: whether a message is delivered is a fact
 about its mailbox (every message at or below ``acked_seq`` is, none above it is), and
@@ -397,13 +398,13 @@ class _Request:
 
 
 class _Apply:
-    """What one apply writes to the tables: the journal's rows up to ``journal_upto``
-    (``rows``, as committed), which leave these mailbox states (``boxes``)."""
+    """What one apply writes to the tables: the journal's rows ``journal_from <
+    id <= journal_upto``, which leave these mailbox states (``boxes``)."""
 
-    __slots__ = ("boxes", "journal_upto", "rows", "tops", "waiters")
+    __slots__ = ("boxes", "journal_from", "journal_upto", "tops", "waiters")
 
     def __init__(self) -> None:
-        self.rows: list[bytes] = []
+        self.journal_from = 0
         self.boxes: list[tuple[str, int, int, int, int]] = []
         self.tops: dict[str, int] = {}
         self.journal_upto = 0
@@ -559,7 +560,6 @@ class SqliteStore:
         self._woken = 0  # of those, woken
         self._room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         # Loop side: what the journal holds and the tables do not yet (_apply_if_due).
-        self._ready_rows: list[bytes] = []  # journal rows committed, not applied
         self._ready_entries = 0  # their entries
         self._ready_boxes: dict[str, tuple[str, int, int, int, int]] = {}
         self._ready_bytes = 0
@@ -692,7 +692,7 @@ class SqliteStore:
 
     def _start_applier(self) -> ApplierProcess:
         try:
-            return ApplierProcess(self.path, self.synchronous, APPLIER_NICE)
+            return ApplierProcess(self.path, self.log_path, self.synchronous, APPLIER_NICE)
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot start the applier process: {exc}") from exc
 
@@ -945,7 +945,7 @@ class SqliteStore:
         if job is not None:
             assert self._applier is not None
             try:
-                self._applier.apply(self._commits + 1, job.rows)
+                self._applier.apply(self._commits + 1, job.journal_from, job.journal_upto)
             except ApplierGone as exc:
                 # Killed (by hand, by the OOM killer) or hung: once, a new one takes
                 # over. The old one may have committed this apply before it ended, so
@@ -953,7 +953,9 @@ class SqliteStore:
                 logger.warning("%s: %s; starting a new one", self.path, exc)
                 self._stop_applier()
                 self._applier = self._start_applier()
-                self._applier.apply(self._commits + 1, job.rows, replay=True)
+                self._applier.apply(
+                    self._commits + 1, job.journal_from, job.journal_upto, replay=True
+                )
             self._commits += 1
             self.commit_count += 1
             self._write_hwm_after_commit()
@@ -1079,7 +1081,6 @@ class SqliteStore:
             if batch.journal:  # (a batch may carry only a deletion)
                 if not self._ready_since:
                     self._ready_since = time.monotonic()
-                self._ready_rows.append(batch.journal)
                 self._ready_entries += len(batch.entries)
                 for state in batch.states:
                     self._ready_boxes[state[0]] = state
@@ -1138,13 +1139,13 @@ class SqliteStore:
                 self._apply_timer = self._loop.call_later(wait, self._apply_due)
             return
         job = self._applying = _Apply()
-        job.rows = self._ready_rows
+        job.journal_from = self._deletable  # the last apply's journal_upto
         job.boxes = list(self._ready_boxes.values())
         # Every entry a box had in the journal at its last state is in this apply.
         job.tops = {name: state[1] for name, state in self._ready_boxes.items()}
         job.journal_upto = self._ready_upto
         job.waiters, self._apply_waiters = self._apply_waiters, []
-        self._ready_rows, self._ready_entries = [], 0
+        self._ready_entries = 0
         self._ready_boxes = {}
         self._ready_bytes = 0
         self._ready_since = 0.0
