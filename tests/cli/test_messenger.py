@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from duplex.testing.clients import new_client
 from duplex.testing.hubs import HubProcess
 
 
@@ -188,3 +191,52 @@ def test_send_goes_direct_and_peers_lists_the_link(tmp_path: Path, hub: HubProce
         out, _ = bob.communicate(timeout=30)
     [line] = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     assert (line["from"], line["text"], line["path"]) == ("alice", "straight to you", "direct")
+
+
+def test_inbox_follow_prints_what_it_acked_when_stopped(tmp_path: Path, hub: HubProcess) -> None:
+    """``inbox --follow`` acks a message once it is in the local history, before it
+    prints it; stopped by SIGTERM (or Ctrl-C) right after its senders saw
+    ``delivered``, it still prints every message, and exits 0. (The race is narrow; a
+    frozen and resumed client in tests/hub/test_crash.py hit it in CI.)"""
+    for user in ("alice", "bob"):
+        assert (
+            duplex(tmp_path, hub, "register", "--user", user, password="pw-" + user).returncode == 0
+        )
+    env = dict(os.environ)
+    env.update(
+        DUPLEX_CONFIG_DIR=str(tmp_path / "conf"),
+        DUPLEX_DATA_DIR=str(tmp_path / "data"),
+        DUPLEX_CLIENT_HUB=f"127.0.0.1:{hub.port}",
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        bob = subprocess.Popen(
+            [sys.executable, "-m", "duplex", "inbox", "--follow", "--json", "--user", "bob"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        texts = [f"{sig.name} {i}" for i in range(50)]
+
+        async def send_all(texts: list[str]) -> None:
+            alice = await new_client(
+                hub.address, "alice", register_first=False, password="pw-alice"
+            )
+            try:
+                ids = [await alice.send("bob", text) for text in texts]
+                for msg_id in ids:
+                    assert await alice.wait_state(msg_id, "delivered", 30) == "delivered"
+            finally:
+                await alice.close()
+
+        try:
+            asyncio.run(send_all(texts))
+            bob.send_signal(sig)
+            out, err = bob.communicate(timeout=30)
+        finally:
+            if bob.poll() is None:
+                bob.kill()
+                bob.communicate()
+        printed = [json.loads(line)["text"] for line in out.splitlines() if line.startswith("{")]
+        assert printed == texts, err
+        assert bob.returncode == 0, err

@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import json
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -339,6 +340,37 @@ def inbox_cmd(follow: bool, wait: float, as_json: bool, **kw: Any) -> None:
         from duplex.client import ConnectionStateChanged, MessageReceived, PresenceChanged
 
         client = await _client(config)
+
+        def show(event: object) -> None:
+            if isinstance(event, MessageReceived):
+                if as_json:
+                    row = {"from": event.peer, "id": event.id.hex(), "ts": event.ts}
+                    row.update(path=event.path, text=event.body)
+                    click.echo(json.dumps(row))
+                else:
+                    click.echo(f"[{_fmt_time(event.ts)}] {event.peer}: {event.body}")
+            elif follow and isinstance(event, PresenceChanged) and not as_json:
+                click.echo(f"* {event.user} is {'online' if event.online else 'offline'}", err=True)
+            elif follow and isinstance(event, ConnectionStateChanged) and not as_json:
+                click.echo(f"* {event.state} {event.detail}".rstrip(), err=True)
+
+        # A message is acked once it is in the local history, which is before it is
+        # printed: on Ctrl-C or SIGTERM, print what has arrived, then stop.
+        task = asyncio.current_task()
+        assert task is not None
+        stopped = False
+
+        def stop() -> None:
+            nonlocal stopped
+            if not stopped:
+                stopped = True
+                for event in client.pending_events():
+                    show(event)
+                task.cancel()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
         try:
             if not await _online(client, config, wait):
                 raise click.ClickException(f"cannot reach the hub at {config.hub}")
@@ -350,23 +382,18 @@ def inbox_cmd(follow: bool, wait: float, as_json: bool, **kw: Any) -> None:
                     if client.local.last_seq >= target:
                         break
                     continue
-                if isinstance(event, MessageReceived):
-                    if as_json:
-                        row = {"from": event.peer, "id": event.id.hex(), "ts": event.ts}
-                        row.update(path=event.path, text=event.body)
-                        click.echo(json.dumps(row))
-                    else:
-                        click.echo(f"[{_fmt_time(event.ts)}] {event.peer}: {event.body}")
-                elif follow and isinstance(event, PresenceChanged) and not as_json:
-                    click.echo(
-                        f"* {event.user} is {'online' if event.online else 'offline'}", err=True
-                    )
-                elif follow and isinstance(event, ConnectionStateChanged) and not as_json:
-                    click.echo(f"* {event.state} {event.detail}".rstrip(), err=True)
+                show(event)
                 if not follow and client.local.last_seq >= target and not client.has_events():
                     break
+        except asyncio.CancelledError:
+            if not stopped:
+                raise
         finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
             await _finish(client)
+            for event in client.pending_events():  # arrived (and acked) while closing
+                show(event)
 
     _run(main())
 
