@@ -18,15 +18,21 @@ from duplex.testing.clients import new_client
 from duplex.testing.hubs import HubProcess
 
 
-def duplex(
-    tmp: Path, hub: HubProcess, *args: str, password: str | None = None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
+def _env(tmp: Path, hub: HubProcess) -> dict[str, str]:
+    """The environment of a CLI run: its own config and data dirs, and this hub."""
     env = dict(os.environ)
     env.update(
         DUPLEX_CONFIG_DIR=str(tmp / "conf"),
         DUPLEX_DATA_DIR=str(tmp / "data"),
         DUPLEX_CLIENT_HUB=f"127.0.0.1:{hub.port}",
     )
+    return env
+
+
+def duplex(
+    tmp: Path, hub: HubProcess, *args: str, password: str | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = _env(tmp, hub)
     env.pop("DUPLEX_PASSWORD", None)
     if password is not None:
         env["DUPLEX_PASSWORD"] = password
@@ -38,6 +44,17 @@ def duplex(
         timeout=60,
         check=False,
         input=stdin,
+    )
+
+
+def follow_inbox(tmp: Path, hub: HubProcess, user: str) -> subprocess.Popen[str]:
+    """``duplex inbox --follow --json`` as ``user``, running."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "duplex", "inbox", "--follow", "--json", "--user", user],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(tmp, hub),
     )
 
 
@@ -144,19 +161,7 @@ def test_send_goes_direct_and_peers_lists_the_link(tmp_path: Path, hub: HubProce
     from duplex.testing.agent import AgentProcess
 
     assert duplex(tmp_path, hub, "register", "--user", "bob", password="bob-pw-1").returncode == 0
-    env = dict(os.environ)
-    env.update(
-        DUPLEX_CONFIG_DIR=str(tmp_path / "conf"),
-        DUPLEX_DATA_DIR=str(tmp_path / "data"),
-        DUPLEX_CLIENT_HUB=f"127.0.0.1:{hub.port}",
-    )
-    bob = subprocess.Popen(
-        [sys.executable, "-m", "duplex", "inbox", "--follow", "--json", "--user", "bob"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    bob = follow_inbox(tmp_path, hub, "bob")
     try:
         peers_file = tmp_path / "data" / "client" / "bob" / "peers.json"
         for _ in range(400):
@@ -202,20 +207,8 @@ def test_inbox_follow_prints_what_it_acked_when_stopped(tmp_path: Path, hub: Hub
         assert (
             duplex(tmp_path, hub, "register", "--user", user, password="pw-" + user).returncode == 0
         )
-    env = dict(os.environ)
-    env.update(
-        DUPLEX_CONFIG_DIR=str(tmp_path / "conf"),
-        DUPLEX_DATA_DIR=str(tmp_path / "data"),
-        DUPLEX_CLIENT_HUB=f"127.0.0.1:{hub.port}",
-    )
     for sig in (signal.SIGTERM, signal.SIGINT):
-        bob = subprocess.Popen(
-            [sys.executable, "-m", "duplex", "inbox", "--follow", "--json", "--user", "bob"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
+        bob = follow_inbox(tmp_path, hub, "bob")
         texts = [f"{sig.name} {i}" for i in range(50)]
 
         async def send_all(texts: list[str]) -> None:
