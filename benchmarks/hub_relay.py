@@ -5,6 +5,14 @@
     .venv/bin/python benchmarks/hub_relay.py --pairs 10 --window 8 --duration 10 --json out.json
     .venv/bin/python benchmarks/hub_relay.py --window 32 --reference  # and mosquitto, same run
     .venv/bin/python benchmarks/hub_relay.py --reference --repeat 5   # medians of 5 alternations
+    .venv/bin/python benchmarks/hub_relay.py --client python          # the load from Python
+
+The load comes from a C client by default (``benchmarks/reference/hub_pairs.c``, built
+on demand, as the MQTT reference's client is): the real protocol, the same users,
+devices, messages and acks as the Python clients (``--client python``, through the
+sans-I/O session of :mod:`duplex.protocol.hub`), at about half their CPU per message,
+so that more of the machine is left to the hub and the comparison with the broker
+is like with like.
 
 The hub runs as its own process (``duplex serve``, SQLite with synchronous=FULL: every
 message is fsync'd, in group commits, before the sender hears ``stored``), pinned to
@@ -36,16 +44,22 @@ import os
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from duplex.bench.chat import RelayResult, register_users, run_relay
+from duplex.bench.chat import RelayResult, register_users, run_relay, run_relay_native
 from duplex.bench.machine import process_cpu_seconds
 from duplex.bench.reference import parse_broker, run_mqtt_pairs
 from duplex.bench.spec import BenchError
 from duplex.testing.hubs import HubProcess
+
+CLIENTS = {
+    "c": "C (benchmarks/reference/hub_pairs.c), like the MQTT reference's",
+    "python": "Python (the sans-I/O session's handshake, then lean frame handling)",
+}
 
 
 def _pin(cpus: set[int]) -> None:
@@ -107,6 +121,30 @@ def _line(label: str, result: RelayResult) -> str:
     )
 
 
+async def _run(
+    args: argparse.Namespace,
+    address: tuple[str, int],
+    cpus: list[int],
+    *,
+    window: int = 1,
+    rate: float | None = None,
+    server_cpu: Callable[[], float],
+    resume: dict[str, int],
+) -> RelayResult:
+    """One run with the chosen load generator."""
+    if args.client == "python":
+        return await run_relay(
+            address, pairs=args.pairs, window=window, payload=args.payload,
+            duration=args.duration, warmup=args.warmup, rate=rate, server_cpu=server_cpu,
+            resume=resume,
+        )  # fmt: skip
+    return await asyncio.to_thread(
+        run_relay_native, address, pairs=args.pairs, window=window, payload=args.payload,
+        duration=args.duration, warmup=args.warmup, rate=rate, server_cpu=server_cpu,
+        resume=resume, cpu=cpus[1] if len(cpus) >= 2 and args.pin else None,
+    )  # fmt: skip
+
+
 def _build() -> str:
     """How the hub's hot path runs: compiled by ``make`` (mypyc) or plain Python (the
     hub process imports duplex from the same place as this script)."""
@@ -120,6 +158,7 @@ def _build() -> str:
 async def main(args: argparse.Namespace) -> list[dict[str, object]]:
     cpus = sorted(os.sched_getaffinity(0))
     print(f"hub: {_build()}")
+    print(f"clients: {CLIENTS[args.client]}")
     mqtt_runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         hub = HubProcess(
@@ -150,9 +189,8 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
             closed_runs: list[RelayResult] = []
             for i in range(args.repeat):
                 run = f" ({i + 1}/{args.repeat})" if args.repeat > 1 else ""
-                closed = await run_relay(
-                    hub.address, pairs=args.pairs, window=args.window, payload=args.payload,
-                    duration=args.duration, warmup=args.warmup, server_cpu=hub_cpu,
+                closed = await _run(
+                    args, hub.address, cpus, window=args.window, server_cpu=hub_cpu,
                     resume=resume,
                 )  # fmt: skip
                 print(_line(f"closed loop, window {args.window}{run}", closed))
@@ -170,10 +208,9 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
                     f"(runs {min(rates):,.0f} to {max(rates):,.0f})"
                 )
             rate = args.rate or closed_rate / 2
-            opened = await run_relay(
-                hub.address, pairs=args.pairs, payload=args.payload, duration=args.duration,
-                warmup=args.warmup, rate=rate, server_cpu=hub_cpu, resume=resume,
-            )  # fmt: skip
+            opened = await _run(
+                args, hub.address, cpus, rate=rate, server_cpu=hub_cpu, resume=resume
+            )
             print(_line(f"open loop at {rate:,.0f}/s", opened))
             if opened.per_second < 0.95 * rate:
                 # Latency then measures a growing queue, not the hub at that rate.
@@ -227,6 +264,12 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--pairs", type=int, default=100)
+    parser.add_argument(
+        "--client",
+        choices=sorted(CLIENTS),
+        default="c",
+        help="the load generator: c (default; needs a C compiler) or python",
+    )
     parser.add_argument("--window", type=int, default=1, help="messages in flight per pair")
     parser.add_argument("--payload", type=int, default=64, help="bytes per message body")
     parser.add_argument("--duration", type=float, default=5.0)

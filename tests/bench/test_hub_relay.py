@@ -1,22 +1,35 @@
-"""``benchmarks/hub_relay.py`` (issue #3's benchmark) and its MQTT reference, for real.
+"""``benchmarks/hub_relay.py`` (issue #3's benchmark), its C load generator
+(``benchmarks/reference/hub_pairs.c``) and its MQTT reference, for real.
 
 The reference tests need an MQTT broker at ``$DUPLEX_TEST_MQTT`` (default mosquitto on
-127.0.0.1:1883) and a C compiler; they skip, saying which is missing, without them.
+127.0.0.1:1883), and they and the C client's tests need a C compiler; they skip, saying
+which is missing, without them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from duplex.bench.reference import find_compiler, listener_pid, run_mqtt_pairs
+from duplex.bench.chat import register_users, run_relay, run_relay_native
+from duplex.bench.histogram import decode_histogram
+from duplex.bench.reference import (
+    HUB_PAIRS,
+    build_reference,
+    find_compiler,
+    listener_pid,
+    run_mqtt_pairs,
+)
 from duplex.bench.spec import BenchError
+from duplex.testing.hubs import HubProcess
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "hub_relay.py"
 SHORT = ["--pairs", "3", "--duration", "0.6", "--warmup", "0.2"]
@@ -49,19 +62,107 @@ def _need_broker_and_compiler() -> None:
         pytest.skip(f"no MQTT broker at {MQTT} ($DUPLEX_TEST_MQTT): {exc}")
 
 
-def test_closed_then_open_loop(tmp_path: Path) -> None:
+def _free_port() -> int:
+    """A loopback port with nobody listening."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubProcess]:
+    """A hub as ``hub_relay.py`` runs it: a subprocess with logins unthrottled."""
+    env = {"DUPLEX_HUB_IP_LOGIN_BURST": "100000", "DUPLEX_HUB_IP_LOGIN_RATE": "100000"}
+    with HubProcess(tmp_path / "hub", args=["--log-level", "warning"], env=env) as proc:
+        yield proc
+
+
+@pytest.mark.parametrize("client", ["c", "python"])
+def test_closed_then_open_loop(tmp_path: Path, client: str) -> None:
+    if client == "c":
+        _need_compiler()
     out = tmp_path / "relay.json"
-    done = _script(*SHORT, "--window", "2", "--json", str(out))
+    done = _script(*SHORT, "--window", "2", "--client", client, "--json", str(out))
     assert done.returncode == 0, done.stderr
     assert "closed loop, window 2" in done.stdout
     build = "plain Python" if os.environ.get("DUPLEX_COMPILE") == "0" else "compiled hot path"
     assert done.stdout.startswith(f"hub: {build}")  # (tests/test_compiled.py: which holds)
+    assert f"clients: {'C (' if client == 'c' else 'Python ('}" in done.stdout
     assert "open loop at" in done.stdout
     closed, opened = json.loads(out.read_text())
     assert (closed["mode"], opened["mode"]) == ("closed", "open")
     for result in (closed, opened):
+        assert result["client"] == client
         assert result["per_second"] > 0
         assert result["errors"] == 0
+        assert result["server_cpu"] > 0
+
+
+def test_c_client_speaks_the_protocol_and_hands_over_to_the_python_one(
+    hub: HubProcess,
+) -> None:
+    _need_compiler()
+    pairs, window = 2, 3
+    users = [f"br{i}" for i in range(pairs)] + [f"bs{i}" for i in range(pairs)]
+    asyncio.run(register_users(hub.address, users))
+    held: dict[str, int] = {}
+    native = run_relay_native(
+        hub.address, pairs=pairs, window=window, duration=0.5, warmup=0.2, resume=held
+    )
+    assert native.client == "c"
+    assert native.delivered > 0 and native.errors == 0 and native.stale == 0
+    # Every measured message has its latency, and the latencies are the run's.
+    hist = decode_histogram(native.histogram)
+    assert hist.get_total_count() == native.delivered
+    assert 0 < native.latency_ms["p50"] <= native.latency_ms["max"] < 10_000
+    # The devices' last sequences came back: receivers got messages, senders receipts.
+    assert sorted(held) == sorted(users) and all(held[user] > 0 for user in users)
+    # The Python clients log in as the same devices and resume there: what reaches
+    # them from the C run is only what was in flight when it stopped (per pair, its
+    # window sent and not stored, and its window stored and not received), not the
+    # thousands it sent. Without the handed-over sequences every one would be stale.
+    python = asyncio.run(
+        run_relay(hub.address, pairs=pairs, window=window, duration=0.3, warmup=0.1, resume=held)
+    )
+    assert python.client == "python" and python.delivered > 0
+    assert 0 <= python.stale <= 2 * pairs * window < native.delivered
+    again = run_relay_native(
+        hub.address, pairs=pairs, window=window, duration=0.3, warmup=0.1, resume=held
+    )
+    assert again.delivered > 0 and 0 <= again.stale <= 2 * pairs * window
+
+
+def test_c_client_open_loop_keeps_to_its_schedule(hub: HubProcess) -> None:
+    _need_compiler()
+    asyncio.run(register_users(hub.address, ["or0", "or1", "os0", "os1"]))
+    # 100 messages/s for one measured second: a closed loop would do thousands.
+    result = run_relay_native(hub.address, pairs=2, rate=100, duration=1.0, warmup=0.3, prefix="o")
+    assert result.rate == 100
+    assert 50 <= result.delivered <= 110, result.delivered
+    assert result.errors == 0
+
+
+def test_c_client_refused_login_is_one_clear_error(hub: HubProcess) -> None:
+    _need_compiler()  # nobody registered: every login is refused
+    with pytest.raises(BenchError, match=r"the hub refused b[rs]\d"):
+        run_relay_native(hub.address, pairs=1, duration=0.2, warmup=0)
+
+
+def test_c_client_unreachable_hub_is_one_clear_error() -> None:
+    _need_compiler()
+    with pytest.raises(BenchError, match="connect to the hub"):
+        run_relay_native(("127.0.0.1", _free_port()), pairs=1, duration=0.2, warmup=0)
+
+
+def test_c_client_refuses_bad_arguments() -> None:
+    _need_compiler()
+    binary = str(build_reference(name=HUB_PAIRS))
+    env = {**os.environ, "DUPLEX_PASSWORD": "x"}
+    for args, env_used in [(["-p", "0"], env), (["-p", "9", "-s", "5"], env), (["-p", "9"], {})]:
+        done = subprocess.run([binary, *args], capture_output=True, text=True, env=env_used,
+                              timeout=30, check=False)  # fmt: skip
+        assert done.returncode == 2, (args, done.stderr)
+        assert "$DUPLEX_PASSWORD set" in done.stderr
 
 
 def test_reference_gives_the_brokers_figures_and_the_ratio(tmp_path: Path) -> None:
@@ -131,9 +232,7 @@ def test_mqtt_pairs_delivers_at_either_qos_and_window(qos: int, window: int) -> 
 
 def test_unreachable_broker_is_one_clear_error() -> None:
     _need_compiler()
-    with socket.socket() as probe:  # a loopback port with nobody listening
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     with pytest.raises(BenchError, match="connect to the broker"):
         run_mqtt_pairs(f"127.0.0.1:{port}", pairs=1, duration=0.2, warmup=0)
     with pytest.raises(BenchError, match="HOST:PORT"):

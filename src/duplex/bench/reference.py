@@ -9,7 +9,8 @@ once and never committed. Every report can then give each model as a ratio of it
 ``benchmarks/reference/mqtt_pairs.c`` is the messenger's yardstick: an MQTT broker
 (mosquitto) driven the way ``benchmarks/hub_relay.py`` drives the hub, by a C client,
 so that the hub's figures come with the broker's from the same run
-(:func:`run_mqtt_pairs`).
+(:func:`run_mqtt_pairs`). ``benchmarks/reference/hub_pairs.c`` drives the hub itself
+the same way, with the same kind of client (:func:`duplex.bench.chat.run_relay_native`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import duplex
 from duplex.bench.spec import BenchError
 
 __all__ = [
+    "HUB_PAIRS",
     "MQTT_PAIRS",
     "build_reference",
     "find_compiler",
@@ -43,6 +45,7 @@ the checkout (the other sources are looked for beside it)."""
 
 ECHO_EPOLL = "echo_epoll.c"
 MQTT_PAIRS = "mqtt_pairs.c"
+HUB_PAIRS = "hub_pairs.c"
 
 CFLAGS = ("-O2", "-Wall")
 """Compiler flags of the reference build."""
@@ -96,7 +99,8 @@ def build_reference(
     Args:
         cache_dir: where to keep the binary; by default the user's cache directory.
         source: the C file; by default ``find_reference_source(name)``.
-        name: which reference: :data:`ECHO_EPOLL` (default) or :data:`MQTT_PAIRS`.
+        name: which reference: :data:`ECHO_EPOLL` (default), :data:`MQTT_PAIRS` or
+            :data:`HUB_PAIRS`.
 
     Returns:
         The path of the executable.
