@@ -185,6 +185,63 @@ def test_a_hung_applier_is_killed(tmp_path: Path) -> None:
         applier.close()
 
 
+def test_a_stopped_applier_holds_up_writes_not_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While an apply hangs (the applier stopped here; a slow disk in life), the
+    journal entries that wait for the next one are held in memory: past the bound the
+    store takes no more writes, which wait instead. Once the applier answers, every
+    write goes through, once and in order."""
+    bound = 40
+    total = 200
+
+    async def body() -> tuple[int, list[str]]:
+        store = SqliteStore(tmp_path / "hub.db", max_unapplied=bound)
+        await store.open()
+        acked: list[str] = []
+
+        async def sender() -> None:
+            for i in range(total):  # one at a time: one entry per journal commit
+                text = f"m{i}"
+                await store.store_message(NewMessage("alice", "bob", new_id(), text, i))
+                acked.append(text)
+
+        try:
+            await store.store_message(NewMessage("carol", "bob", new_id(), "first", 0))
+            await store._apply_now()  # the applier is up and answering
+            assert store._applier is not None
+            pid = store._applier.pid
+            os.kill(pid, signal.SIGSTOP)
+            task = asyncio.create_task(sender())
+            try:
+                for _ in range(int(scaled(20) / 0.01)):  # until the bound is reached
+                    if store._behind:
+                        break
+                    await asyncio.sleep(0.01)
+                assert store._behind, f"never held up: {len(acked)} acked"
+                held_at = len(acked)
+                await asyncio.sleep(0.5)
+                # Nothing more got through, and what waits for an apply is the bound.
+                assert len(acked) == held_at < total
+                assert store._ready_entries == bound
+                assert not task.done()
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await asyncio.wait_for(task, scaled(30))
+            stored = [e.body for e in await store.fetch("bob", 0, total + 10)]
+        finally:
+            await store.close()
+        return held_at, stored
+
+    with caplog.at_level("WARNING", logger="duplex.store.sqlite"):
+        held_at, stored = asyncio.run(body())
+    assert stored == ["first"] + [f"m{i}" for i in range(total)]
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"the applier is behind: {bound} journal entries wait for its apply" in "".join(messages)
+    assert any("the applier's apply is done: writes waited" in text for text in messages)
+    assert held_at >= bound
+
+
 def test_an_applier_that_cannot_be_replaced_fails_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -70,7 +70,10 @@ event loop, but not sooner than :data:`COMMIT_INTERVAL` after the last handover)
 the batch grows with the load by itself: a lone message pays one fsync, a thousand
 concurrent ones share one. Staged but not yet durable work is bounded by
 :data:`MAX_PENDING_WRITES` requests: above it the ``stage_*`` methods decline and the
-async methods wait, in order, which is the backpressure the hub passes on.
+async methods wait, in order, which is the backpressure the hub passes on. Durable
+work that waits for an apply while another runs is bounded the same way, by
+:data:`MAX_UNAPPLIED` entries: an applier that falls behind slows the writers down
+instead of growing the hub.
 
 If a batch or an apply cannot be committed (a failed fsync, a full disk past
 :data:`RETRY_FOR` seconds of retries), what the loop staged after it can no longer be
@@ -168,6 +171,8 @@ __all__ = [
     "COMMIT_INTERVAL",
     "MAX_PENDING_READS",
     "MAX_PENDING_WRITES",
+    "MAX_UNAPPLIED",
+    "MAX_UNAPPLIED_BYTES",
     "RECENT_IDS",
     "RETRY_FOR",
     "SqliteStore",
@@ -229,6 +234,20 @@ a bound, a long-running hub would hold every mailbox it ever touched."""
 APPLY_BYTES: Final = 4 << 20
 """Message bytes in the journal, not yet in the tables, past which an apply starts at
 once: a flood of large messages must not grow the hub by what it stores."""
+
+MAX_UNAPPLIED: Final = 4 * APPLY_ENTRIES
+"""Entries in the journal that wait for an apply while another runs, past which the
+store takes no more writes until that apply is done and they are handed over (or past
+:data:`MAX_UNAPPLIED_BYTES` of their message bytes). The loop holds each of them in
+memory until its apply (see :data:`APPLY_ENTRIES`), so an applier that falls behind
+or hangs until :data:`~duplex.store.applier.ANSWER_TIMEOUT` must not let them grow
+without bound: the writers wait instead, as they wait for room in a commit, and the
+hub's senders with them (their reads pause). An apply that keeps up hands over every
+:data:`APPLY_AFTER` seconds, far below the bound: at 25,000 messages/s, 5,000 entries."""
+
+MAX_UNAPPLIED_BYTES: Final = 4 * APPLY_BYTES
+"""Message bytes in the journal that wait for an apply while another runs: the bound
+of :data:`MAX_UNAPPLIED` for large messages."""
 
 APPLIER_NICE: Final = 5
 """How much lower the applier process's scheduling priority is (``nice``, added to the
@@ -503,6 +522,8 @@ class SqliteStore:
         commit_interval: seconds at least between the starts of two journal commits
             (see :data:`COMMIT_INTERVAL`); 0 commits as soon as the writer is free.
         box_cache: mailboxes kept in memory (see :data:`BOX_CACHE`).
+        max_unapplied: journal entries that may wait for an apply (see
+            :data:`MAX_UNAPPLIED`).
 
     Raises:
         ValueError: an unknown ``synchronous`` or ``integrity_check`` value.
@@ -518,6 +539,7 @@ class SqliteStore:
         apply_after: float = APPLY_AFTER,
         commit_interval: float = COMMIT_INTERVAL,
         box_cache: int = BOX_CACHE,
+        max_unapplied: int = MAX_UNAPPLIED,
     ) -> None:
         synchronous = synchronous.upper()
         if synchronous not in _SYNCHRONOUS:
@@ -533,6 +555,7 @@ class SqliteStore:
         self._apply_after = max(0.0, apply_after)
         self._commit_interval = max(0.0, commit_interval)
         self._box_cache = max(1, box_cache)
+        self._max_unapplied = max(1, max_unapplied)
         self.commit_count = 0
         """Write transactions committed since :meth:`open`, in either file."""
         self.write_count = 0
@@ -572,6 +595,7 @@ class SqliteStore:
         self._ready_bytes = 0
         self._ready_since = 0.0  # 0: nothing ready
         self._ready_upto = 0  # the newest journal row committed
+        self._behind = 0.0  # since when the ready entries are past the bound; 0: not
         self._applying: _Apply | None = None
         self._apply_waiters: list[asyncio.Future[None]] = []
         self._apply_timer: asyncio.TimerHandle | None = None
@@ -1093,6 +1117,16 @@ class SqliteStore:
                     self._ready_boxes[state[0]] = state
                 self._ready_bytes += batch.bytes
                 self._ready_upto = batch.journal_id
+                if not self._behind and (
+                    self._ready_entries >= self._max_unapplied
+                    or self._ready_bytes >= MAX_UNAPPLIED_BYTES
+                ):
+                    self._behind = time.monotonic()
+                    logger.warning(
+                        "the applier is behind: %d journal entries wait for its apply; "
+                        "writes wait until it is done",
+                        self._ready_entries,
+                    )
         self._finish(batch, error)
         if error is not None:
             # What was staged after this batch assumed it: it cannot be committed.
@@ -1158,6 +1192,13 @@ class SqliteStore:
         self._ready_since = 0.0
         requests, self._requests = self._requests, []
         self._tqueue.put(_TableWork(requests, job))
+        if self._behind:
+            logger.warning(
+                "the applier's apply is done: writes waited %.1f s for it",
+                time.monotonic() - self._behind,
+            )
+            self._behind = 0.0
+            self._wake()
 
     def _apply_due(self) -> None:
         self._apply_timer = None
@@ -1282,6 +1323,7 @@ class SqliteStore:
             and not self._closed
             and bool(self._threads)
             and self._pending < MAX_PENDING_WRITES
+            and not self._behind
         )
 
     def _box(self, name: str) -> _Box:
@@ -1479,7 +1521,7 @@ class SqliteStore:
     def _wake(self) -> None:
         """Gives waiting writers their turn, first come first served, while there is room."""
         waiters = self._room_waiters
-        while waiters and self._pending + self._woken < MAX_PENDING_WRITES:
+        while waiters and self._pending + self._woken < MAX_PENDING_WRITES and not self._behind:
             turn = waiters.popleft()
             if not turn.done():  # not cancelled
                 turn.set_result(None)
