@@ -61,6 +61,10 @@ class FrameDecoder:
         if self._eof:
             raise ClosedResourceError("data after end of stream")
         buf = self._buf
+        if not buf and self._need < 0:
+            # The common case, a read that starts at a frame: its frames are sliced
+            # from ``data`` itself, one copy each, and only a cut-off end is buffered.
+            return self._feed_fresh(data)
         buf += data
         frames: list[bytes] = []
         pos = 0
@@ -86,6 +90,27 @@ class FrameDecoder:
         self._need = need
         if pos:
             del buf[:pos]
+        return frames
+
+    def _feed_fresh(self, data: bytes) -> list[bytes]:
+        """:meth:`feed` with nothing buffered (no frame in progress)."""
+        frames: list[bytes] = []
+        pos = 0
+        size = len(data)
+        while size - pos >= HEADER:
+            need = (data[pos] << 24) | (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
+            if need > self.max_size:
+                self._need = need
+                raise PayloadTooBig(
+                    f"frame of {need} bytes announced; the limit is {self.max_size}"
+                )
+            start = pos + HEADER
+            if size - start < need:
+                break
+            frames.append(data[start : start + need])
+            pos = start + need
+        if pos < size:
+            self._buf += data[pos:]  # a frame's start (header or not): the slow path's
         return frames
 
     def feed_eof(self) -> None:
