@@ -68,6 +68,11 @@ class State(enum.Enum):
     CLOSED = "closed"
     """Over; nothing more is read or written."""
 
+    # The state tables are keyed by State and looked up for every frame each way:
+    # object's identity hash runs in C, Enum's is a Python call (hash(self._name_)).
+    # Members are singletons, so identity is what equality means for them anyway.
+    __hash__ = object.__hash__
+
 
 class Role(enum.Enum):
     """Which end of the connection a session is."""
