@@ -154,6 +154,15 @@ def test_c_client_unreachable_hub_is_one_clear_error() -> None:
         run_relay_native(("127.0.0.1", _free_port()), pairs=1, duration=0.2, warmup=0)
 
 
+def test_c_client_without_a_compiler_points_to_the_python_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cc, gcc or clang on it
+    monkeypatch.delenv("CC", raising=False)
+    with pytest.raises(BenchError, match=r"need a C compiler .*\(--client python\) need none"):
+        run_relay_native(("127.0.0.1", _free_port()), pairs=1, duration=0.2, warmup=0)
+
+
 def test_c_client_refuses_bad_arguments() -> None:
     _need_compiler()
     binary = str(build_reference(name=HUB_PAIRS))

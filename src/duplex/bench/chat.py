@@ -391,7 +391,10 @@ def run_relay_native(
     from duplex.bench.reference import HUB_PAIRS, build_reference
     from duplex.bench.spec import BenchError
 
-    binary = build_reference(name=HUB_PAIRS)
+    try:
+        binary = build_reference(name=HUB_PAIRS)
+    except BenchError as exc:
+        raise BenchError(f"{exc}; the Python clients (--client python) need none") from None
     host, port = address
     args = [str(binary), "-h", host, "-p", str(port), "-n", str(pairs), "-W", str(window)]
     args += ["-s", str(max(20, payload)), "-d", str(duration), "-w", str(warmup)]

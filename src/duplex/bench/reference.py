@@ -88,7 +88,9 @@ def find_compiler() -> str:
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
             return name
-    raise BenchError("--reference needs a C compiler (cc, gcc or clang; or set $CC)")
+    raise BenchError(
+        "the C programs of benchmarks/reference need a C compiler (cc, gcc or clang; or set $CC)"
+    )
 
 
 def build_reference(
