@@ -150,10 +150,13 @@ static void w_bin(struct w *w, const unsigned char *b, size_t n) {
     w_raw(w, b, n);
 }
 
-/* Starts a frame in c's output buffer; frame_end() fills in its length. */
+static void flush(struct conn *c);
+
+/* Starts a frame in c's output buffer (sending what it holds first when the largest
+ * frame might not fit: a window of many messages); frame_end() fills in its length. */
 static struct w frame_begin(struct conn *c) {
+    if (c->out_len > OUT_BUF - 8192) flush(c);
     struct w w = {c->out + c->out_len + 4, 0, OUT_BUF - c->out_len - 4};
-    if (c->out_len + 4 > OUT_BUF) fail("the output buffer is full");
     return w;
 }
 

@@ -1171,6 +1171,7 @@ class SqliteStore:
         if not (
             force
             or self._apply_waiters
+            or self._behind
             or now - self._ready_since >= self._apply_after
             or self._ready_entries >= APPLY_ENTRIES
             or self._ready_bytes >= APPLY_BYTES
