@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,14 @@ from duplex.client import (
     MessageReceived,
     MessageStateChanged,
     PresenceChanged,
+    new_message_id,
+    register,
 )
 from duplex.errors import AuthError, RemoteError, StoreError
+from duplex.hub import core
 from duplex.hub.core import LiveSession
 from duplex.store.base import Entry
-from duplex.testing.clients import EventLog, new_client, wait_for_event
+from duplex.testing.clients import PASSWORD, EventLog, new_client, wait_for_event
 from duplex.testing.hubs import hub_test_config, running_hub
 from duplex.wire import messages as m
 from duplex.wire.frames import encode_frame
@@ -199,6 +203,95 @@ async def _raw_login(address: tuple[str, int], user: str) -> socket.socket:
     writer.transport.pause_reading()
     writer.close()
     return sock  # type: ignore[no-any-return]
+
+
+class _RawSession:
+    """A logged-in connection that sends and reads frames by hand, and pings only when
+    told to: it shows when the hub writes what."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def login(cls, address: tuple[str, int], user: str) -> _RawSession:
+        await register(address, user, PASSWORD)
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(m.encode(m.Hello(1, "raw")))
+        writer.write(m.encode(m.Login(rid=1, user=user, device="raw", password=PASSWORD)))
+        raw = cls(reader, writer)
+        while not isinstance(await raw.next(5.0), m.Welcome):
+            pass
+        return raw
+
+    async def next(self, timeout: float) -> m.Message | None:
+        """The next message, or None if none comes within ``timeout`` seconds."""
+        try:
+            size = int.from_bytes(await asyncio.wait_for(self.reader.readexactly(4), timeout))
+        except TimeoutError:
+            return None
+        return m.decode(await self.reader.readexactly(size))
+
+    def send(self, to: str, body: str) -> bytes:
+        msg_id = new_message_id()
+        self.writer.write(m.encode(m.Send(id=msg_id, to=to, body=body)))
+        return msg_id
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def test_a_receipt_rides_with_the_next_frame_or_leaves_after_the_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender's "delivered" (a receipt) does not cost a write of its own when more
+    goes to the sender soon (core.RECEIPT_FLUSH_DELAY), and is never held longer than
+    twice that."""
+
+    async def company() -> None:
+        # Held for 30 s: nothing else goes to alice, yet the next Stored brings the
+        # receipt along, ahead of itself.
+        monkeypatch.setattr(core, "RECEIPT_FLUSH_DELAY", 30.0)
+        async with running_hub(hub_test_config(tmp_path / "company")) as hub:
+            bob = await new_client(hub.address, "bob")
+            alice = await _RawSession.login(hub.address, "alice")
+            try:
+                first = alice.send("bob", "one")
+                stored = await alice.next(5.0)
+                assert isinstance(stored, m.Stored) and stored.id == first
+                await wait_for_event(bob, MessageReceived, lambda e: e.id == first)
+                assert await alice.next(0.5) is None  # bob acked; the receipt waits
+                second = alice.send("bob", "two")
+                receipt = await alice.next(5.0)
+                assert isinstance(receipt, m.Deliver) and receipt.kind == "receipt"
+                assert receipt.id == first
+                stored = await alice.next(5.0)
+                assert isinstance(stored, m.Stored) and stored.id == second
+            finally:
+                alice.close()
+                await bob.close()
+
+    async def alone() -> None:
+        # Nothing to ride with: it leaves after the delay, within twice the delay.
+        monkeypatch.setattr(core, "RECEIPT_FLUSH_DELAY", 0.3)
+        async with running_hub(hub_test_config(tmp_path / "alone")) as hub:
+            bob = await new_client(hub.address, "bob")
+            alice = await _RawSession.login(hub.address, "alice")
+            try:
+                first = alice.send("bob", "one")
+                stored = await alice.next(5.0)
+                assert isinstance(stored, m.Stored) and stored.id == first
+                await wait_for_event(bob, MessageReceived, lambda e: e.id == first)
+                received = time.monotonic()
+                receipt = await alice.next(5.0)
+                waited = time.monotonic() - received
+                assert isinstance(receipt, m.Deliver) and receipt.id == first
+                assert 0.2 < waited < 1.5, waited  # (past the grace, 2 s, alice is dropped)
+            finally:
+                alice.close()
+                await bob.close()
+
+    run(company())
+    run(alone())
 
 
 def test_bad_frames_close_only_that_connection(tmp_path: Path) -> None:

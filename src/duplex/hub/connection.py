@@ -60,6 +60,7 @@ class HubConnection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._paused = False
         self._flush_scheduled = False
+        self._lazy_scheduled = False
         self._bulk = False
         self.storing = 0
         self._held = False
@@ -134,18 +135,26 @@ class HubConnection(asyncio.Protocol):
         self._flush_soon()
         return True
 
-    def send_frame(self, kind: type[Message], frame: bytes, *, bulk: bool = False) -> bool:
+    def send_frame(
+        self, kind: type[Message], frame: bytes, *, bulk: bool = False, lazy: bool = False
+    ) -> bool:
         """Sends an already encoded frame; returns whether it did.
 
         A client whose queue is past the hub's ``send_buffer`` has stopped reading:
         it is disconnected (with nothing lost: every pushed entry is in the store).
         ``bulk`` frames (a replay, which waits in :meth:`drain` instead) are exempt.
+        A ``lazy`` frame (a receipt) waits for the next frame to this connection, or
+        :data:`~duplex.hub.core.RECEIPT_FLUSH_DELAY` at most.
         """
         if self.session.closed:
             return False
         self.session.send_frame(kind, frame)
         self._bulk |= bulk
-        self._flush_soon()
+        if not lazy:
+            self._flush_soon()
+        elif not self._lazy_scheduled:
+            self._lazy_scheduled = True
+            self.hub.flush_lazily(self)
         return True
 
     def _check_backlog(self) -> bool:
@@ -218,6 +227,7 @@ class HubConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._lazy_scheduled = False  # (a receipt queued for later leaves now too)
         transport = self.transport
         if transport is None:
             return
