@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from duplex.testing import conformance
@@ -43,6 +45,19 @@ def test_udp(echo_server: EchoServerProcess) -> None:
 
 def test_sigterm_lets_connection_in_flight_finish(echo_server: EchoServerProcess) -> None:
     conformance.check_sigterm_in_flight(echo_server)
+
+
+def test_sigterm_right_after_ready_stops_at_once(model: str) -> None:
+    # A prefork worker that was ready but had not yet put its own SIGTERM handler in
+    # place ran the supervisor's (inherited through fork), did nothing, and was killed
+    # past the grace: grace + 1 s, every time, instead of a prompt exit.
+    with EchoServerProcess(model, ["--grace", "3", "--workers", "2"]) as server:
+        started = time.monotonic()
+        server.terminate()
+        status = server.wait(10)
+        took = time.monotonic() - started
+    assert status == 0, f"{model}: exit status {status}"
+    assert took < 2.0, f"{model}: took {took:.1f} s to stop with nothing in flight"
 
 
 def test_sigterm_cuts_idle_connection_after_grace(model: str) -> None:

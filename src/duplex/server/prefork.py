@@ -27,10 +27,14 @@ import selectors
 import signal
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from duplex.config import ListenerConfig
 from duplex.server.base import Driver
 from duplex.server.listener import Listener, create_listener
+
+if TYPE_CHECKING:
+    from duplex.server.aio import AsyncioDriver
 
 __all__ = ["PreforkDriver"]
 
@@ -72,9 +76,10 @@ class PreforkDriver(Driver):
     def start(self) -> None:
         """Starts the workers and waits until each one listens (or gives up after 30 s).
 
-        A worker reports "listening" by writing one byte to a pipe; only then does the
-        server announce itself, so a client that connects right after the ready line
-        never meets a port with no listener behind it.
+        A worker reports "listening" by writing one byte to a pipe, once it serves and
+        its SIGTERM handler is in place; only then does the server announce itself, so
+        a client that connects right after the ready line never meets a port with no
+        listener behind it, and a SIGTERM right after it stops every worker at once.
         """
         self.pids: dict[int, int] = {}  # pid -> slot
         self._started: dict[int, float] = {}  # slot -> start time
@@ -212,6 +217,23 @@ class PreforkDriver(Driver):
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # Ctrl-C reaches the whole process group; the supervisor alone decides.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Our own SIGTERM handler first: until it is in place the supervisor's,
+        # inherited through fork, would take the signal and do nothing here, and the
+        # worker would serve on until the supervisor kills it past the grace (a
+        # SIGTERM right after "ready" took grace + 1 s every time). A signal that comes
+        # before the driver exists stops it as soon as it does.
+        inner: AsyncioDriver | None = None
+        signals = 0
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                os._exit(128 + signum)
+            if inner is not None:
+                inner.shutdown()
+
+        signal.signal(signal.SIGTERM, on_term)
         self._waker.close()
         if self.listener.address.is_unix:
             listener = self.listener
@@ -226,10 +248,6 @@ class PreforkDriver(Driver):
                 nodelay=config.nodelay,
             )
             listener = create_listener(config, reuse_port=True)
-        if self._ready_w >= 0:
-            os.write(self._ready_w, b"1")
-            os.close(self._ready_w)
-            self._ready_w = -1
         from duplex.server.aio import AsyncioDriver
 
         inner_class: type[AsyncioDriver] = AsyncioDriver
@@ -238,17 +256,13 @@ class PreforkDriver(Driver):
 
             inner_class = UvloopDriver
         inner = inner_class(listener, self.factory, self.options, self.udp)
-        signals = 0
-
-        def on_term(signum: int, frame: FrameType | None) -> None:
-            nonlocal signals
-            signals += 1
-            if signals > 1:
-                os._exit(128 + signum)
-            inner.shutdown()
-
-        signal.signal(signal.SIGTERM, on_term)
         inner.waker.catch_signals()
+        if signals:
+            inner.shutdown()
+        if self._ready_w >= 0:  # ready: serving, and a SIGTERM stops it gracefully
+            os.write(self._ready_w, b"1")
+            os.close(self._ready_w)
+            self._ready_w = -1
         log.debug("worker %d (pid %d) listening on %s", slot, os.getpid(), listener.address)
         inner.serve_forever()
         return 0
