@@ -231,9 +231,13 @@ not yet applied). Past it, each apply forgets the oldest-loaded of those whose w
 state is in the tables; the next use reads a mailbox back (one indexed read). Without
 a bound, a long-running hub would hold every mailbox it ever touched."""
 
-APPLY_BYTES: Final = 4 << 20
+APPLY_BYTES: Final = 1 << 20
 """Message bytes in the journal, not yet in the tables, past which an apply starts at
-once: a flood of large messages must not grow the hub by what it stores."""
+once: a flood of large messages must not grow the hub by what it stores. (At 4 MiB,
+a flood of 16 KB messages on a slow hour held 10-18 MB of bodies between applies,
+and ``tests/chaos/test_slow_consumer.py`` measured that instead of the hub's send
+queue; at 1 MiB, 0-3 MB. Small messages reach :data:`APPLY_ENTRIES` or
+:data:`APPLY_AFTER` first: 25,000 messages/s of 64 bytes make 160 KB per apply.)"""
 
 MAX_UNAPPLIED: Final = 4 * APPLY_ENTRIES
 """Entries in the journal that wait for an apply while another runs, past which the
