@@ -601,7 +601,14 @@ class Hub:
         self._store_and_route_soon(conn, live, msg)
 
     async def _store_and_route(self, conn: HubConnection, message: NewMessage, msg: m.Send) -> None:
-        stored = await self.store.store_message(message)
+        # What _stored does on the fast path: without it, every message that waited
+        # for room in the store stayed counted against its sender's backlog, whose
+        # reads then stayed paused until the heartbeat grace dropped it.
+        try:
+            stored = await self.store.store_message(message)
+        finally:
+            self._storing -= 1
+            conn.release(len(msg.body))
         sessions = await self.broker.sessions(stored.entry.user)
         self._answer_stored(conn, msg, stored, sessions)
         if not stored.duplicate:
