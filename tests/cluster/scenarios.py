@@ -64,11 +64,26 @@ async def deployment(
 Scenario = Callable[[Deployment], Awaitable[None]]
 
 
+async def _replayed(dep: Deployment, i: int, user: str) -> None:
+    """Waits until ``user``'s sessions on the i-th client's node have read what the
+    store held for them at login. (Online is not enough: a message stored while the
+    login replay reads the store comes with the replay, on the "stored" path, and
+    the push finds it sent already. The client cannot tell the two apart.)"""
+    hub = dep.hub(i).hub
+    for _ in range(500):
+        sessions = hub.by_user.get(user, {})
+        if sessions and not any(live.replaying for live in sessions.values()):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{user}'s login replay did not end within 5 s")
+
+
 async def online_delivery_relayed_and_acked_end_to_end(dep: Deployment) -> None:
     """Online: pushed at once (relayed), and the sender sees delivered."""
     alice = await new_client(dep.address(0), "alice")
     bob = await new_client(dep.address(1), "bob")
     try:
+        await _replayed(dep, 1, "bob")
         msg_id = await alice.send("bob", "hello bob")
         got = await wait_for_event(bob, MessageReceived)
         assert (got.peer, got.id, got.body, got.path) == ("alice", msg_id, "hello bob", "relayed")
