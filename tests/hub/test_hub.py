@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -247,51 +248,46 @@ def test_a_receipt_rides_with_the_next_frame_or_leaves_after_the_delay(
     goes to the sender soon (core.RECEIPT_FLUSH_DELAY), and is never held longer than
     twice that."""
 
-    async def company() -> None:
+    async def first_message_received(
+        delay: float, rest: Callable[[_RawSession, bytes], Awaitable[None]]
+    ) -> None:
+        """alice (raw) sends bob one message and sees it stored; once bob has it (and
+        acks it), ``rest(alice, its id)``."""
+        monkeypatch.setattr(core, "RECEIPT_FLUSH_DELAY", delay)
+        async with running_hub(hub_test_config(tmp_path / str(delay))) as hub:
+            bob = await new_client(hub.address, "bob")
+            alice = await _RawSession.login(hub.address, "alice")
+            try:
+                first = alice.send("bob", "one")
+                stored = await alice.next(5.0)
+                assert isinstance(stored, m.Stored) and stored.id == first
+                await wait_for_event(bob, MessageReceived, lambda e: e.id == first)
+                await rest(alice, first)
+            finally:
+                alice.close()
+                await bob.close()
+
+    async def company(alice: _RawSession, first: bytes) -> None:
         # Held for 30 s: nothing else goes to alice, yet the next Stored brings the
         # receipt along, ahead of itself.
-        monkeypatch.setattr(core, "RECEIPT_FLUSH_DELAY", 30.0)
-        async with running_hub(hub_test_config(tmp_path / "company")) as hub:
-            bob = await new_client(hub.address, "bob")
-            alice = await _RawSession.login(hub.address, "alice")
-            try:
-                first = alice.send("bob", "one")
-                stored = await alice.next(5.0)
-                assert isinstance(stored, m.Stored) and stored.id == first
-                await wait_for_event(bob, MessageReceived, lambda e: e.id == first)
-                assert await alice.next(0.5) is None  # bob acked; the receipt waits
-                second = alice.send("bob", "two")
-                receipt = await alice.next(5.0)
-                assert isinstance(receipt, m.Deliver) and receipt.kind == "receipt"
-                assert receipt.id == first
-                stored = await alice.next(5.0)
-                assert isinstance(stored, m.Stored) and stored.id == second
-            finally:
-                alice.close()
-                await bob.close()
+        assert await alice.next(0.5) is None  # bob acked; the receipt waits
+        second = alice.send("bob", "two")
+        receipt = await alice.next(5.0)
+        assert isinstance(receipt, m.Deliver) and receipt.kind == "receipt"
+        assert receipt.id == first
+        stored = await alice.next(5.0)
+        assert isinstance(stored, m.Stored) and stored.id == second
 
-    async def alone() -> None:
+    async def alone(alice: _RawSession, first: bytes) -> None:
         # Nothing to ride with: it leaves after the delay, within twice the delay.
-        monkeypatch.setattr(core, "RECEIPT_FLUSH_DELAY", 0.3)
-        async with running_hub(hub_test_config(tmp_path / "alone")) as hub:
-            bob = await new_client(hub.address, "bob")
-            alice = await _RawSession.login(hub.address, "alice")
-            try:
-                first = alice.send("bob", "one")
-                stored = await alice.next(5.0)
-                assert isinstance(stored, m.Stored) and stored.id == first
-                await wait_for_event(bob, MessageReceived, lambda e: e.id == first)
-                received = time.monotonic()
-                receipt = await alice.next(5.0)
-                waited = time.monotonic() - received
-                assert isinstance(receipt, m.Deliver) and receipt.id == first
-                assert 0.2 < waited < 1.5, waited  # (past the grace, 2 s, alice is dropped)
-            finally:
-                alice.close()
-                await bob.close()
+        received = time.monotonic()
+        receipt = await alice.next(5.0)
+        waited = time.monotonic() - received
+        assert isinstance(receipt, m.Deliver) and receipt.id == first
+        assert 0.2 < waited < 1.5, waited  # (past the grace, 2 s, alice is dropped)
 
-    run(company())
-    run(alone())
+    run(first_message_received(30.0, company))
+    run(first_message_received(0.3, alone))
 
 
 def test_bad_frames_close_only_that_connection(tmp_path: Path) -> None:
