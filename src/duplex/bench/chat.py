@@ -18,14 +18,24 @@ rather than slowing the generator down (no coordinated omission).
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import dataclasses
+import json
+import os
+import subprocess
+import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 from duplex.bench.histogram import LatencyRecorder, summarize
+from duplex.bench.reference import HUB_PAIRS, build_reference
+from duplex.bench.spec import BenchError
 from duplex.client.core import RECEIPT_ACK_DELAY, new_message_id
 from duplex.errors import RemoteError
 from duplex.protocol.events import Closed, Received
@@ -379,18 +389,6 @@ def run_relay_native(
         BenchError: no C compiler, the hub refused a login or closed a connection, or
             the client failed.
     """
-    import array
-    import json
-    import os
-    import subprocess
-    import tempfile
-    import threading
-    from collections import Counter
-    from pathlib import Path
-
-    from duplex.bench.reference import HUB_PAIRS, build_reference
-    from duplex.bench.spec import BenchError
-
     try:
         binary = build_reference(name=HUB_PAIRS)
     except BenchError as exc:

@@ -269,12 +269,9 @@ class Hub:
         for task in (self._refresher, self._stats_task):
             if task is not None:
                 task.cancel()
-        if self._lazy_timer is not None:
+        if self._lazy_timer is not None:  # (closing a connection flushes its receipts)
             self._lazy_timer.cancel()
             self._lazy_timer = None
-            for conn in self._lazy_due + self._lazy:
-                if conn._lazy_scheduled and not conn.closed:
-                    conn._flush()
         for conn in list(self.connections):
             conn.close("shutdown", reason)
         for _ in range(100):  # ten seconds at most
