@@ -233,3 +233,23 @@ def test_inbox_follow_prints_what_it_acked_when_stopped(tmp_path: Path, hub: Hub
         printed = [json.loads(line)["text"] for line in out.splitlines() if line.startswith("{")]
         assert printed == texts, err
         assert bob.returncode == 0, err
+
+
+def test_a_second_hub_on_one_data_dir_refuses_to_start(tmp_path: Path, hub: HubProcess) -> None:
+    """Two hubs on one store would hand out the same sequence numbers: the second one
+    says which process holds the data dir and exits, and the first one serves on."""
+    started = time.monotonic()
+    data_dir = str(tmp_path / "hub")
+    second = subprocess.run(
+        [sys.executable, "-m", "duplex", "serve", "--port", "0", "--data-dir", data_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 1, second
+    assert "in use by another hub" in second.stderr
+    assert f"held by process {hub.proc.pid}" in second.stderr
+    assert "listening" not in second.stdout
+    assert time.monotonic() - started < 30  # it waited for the lock, then gave up
+    assert duplex(tmp_path, hub, "register", "--user", "carol", password="carol-pw").returncode == 0

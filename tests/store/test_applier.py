@@ -264,7 +264,7 @@ def test_an_applier_that_cannot_be_replaced_fails_the_store(
             monkeypatch.setattr(
                 sqlite_store,
                 "ApplierProcess",
-                lambda *args: ApplierProcess(broken, _log(db), "FULL"),
+                lambda *args, **kwargs: ApplierProcess(broken, _log(db), "FULL"),
             )
             os.kill(store._applier.pid, signal.SIGKILL)
             with pytest.raises(StoreError, match="unable to open database"):
@@ -319,6 +319,37 @@ def test_the_applier_ends_when_the_hub_is_killed(tmp_path: Path) -> None:
             while applier.is_running() and applier.status() != psutil.STATUS_ZOMBIE:
                 assert time.monotonic() < deadline, "the applier outlived the hub"
                 await asyncio.sleep(0.05)
+        finally:
+            hub.kill()
+
+    asyncio.run(scenario())
+
+
+def test_a_killed_hubs_applier_holds_the_store_until_it_ends(tmp_path: Path) -> None:
+    """A hub restarted at once after a SIGKILL must not recover the journal while the
+    old applier still writes an apply: the applier shares the store's lock, so the
+    new store waits for it to end (here it is stopped, so the wait runs out, and the
+    refusal names it); once it has ended, the store opens and holds every message."""
+
+    async def scenario() -> None:
+        hub = HubProcess(tmp_path / "hub")
+        try:
+            await register(hub.address, "alice", "correct horse")
+            children = psutil.Process(hub.proc.pid).children()
+            (applier,) = [c for c in children if "applier.py" in " ".join(c.cmdline())]
+            applier.suspend()
+            hub.kill(signal.SIGKILL)
+            db = tmp_path / "hub" / "duplex.db"
+            with pytest.raises(StoreError, match=f"held by process {applier.pid}\\)"):
+                await SqliteStore(db, lock_wait=0.5).open()
+            applier.resume()  # it reads the end of its input and ends
+            store = SqliteStore(db, lock_wait=scaled(10))
+            await store.open()
+            try:
+                assert not applier.is_running() or applier.status() == psutil.STATUS_ZOMBIE
+                assert await store.get_user("alice") is not None
+            finally:
+                await store.close()
         finally:
             hub.kill()
 

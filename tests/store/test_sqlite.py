@@ -807,3 +807,31 @@ def test_stats_returns_under_a_steady_stream_of_writes(tmp_path: Path) -> None:
             await asyncio.gather(*tasks)
 
     _run(SqliteStore(tmp_path / "hub.db", synchronous="NORMAL", apply_after=0.05), body)
+
+
+def test_a_store_serves_one_hub_at_a_time(tmp_path: Path) -> None:
+    """A second store on the same files would number the same mailboxes from its own
+    memory: it waits for the lock, then refuses, naming who holds it; once the first
+    is closed, it opens."""
+
+    async def scenario() -> None:
+        first = SqliteStore(tmp_path / "hub.db")
+        await first.open()
+        try:
+            await first.store_message(NewMessage("alice", "bob", new_id(), "one", 1))
+            second = SqliteStore(tmp_path / "hub.db", lock_wait=0.3)
+            with pytest.raises(StoreError, match="in use by another hub") as refused:
+                await second.open()
+            assert first._applier is not None
+            assert f"{os.getpid()}, {first._applier.pid}" in str(refused.value)
+            await second.close()  # a store that never opened closes quietly
+        finally:
+            await first.close()
+        again = SqliteStore(tmp_path / "hub.db", lock_wait=0.3)
+        await again.open()
+        try:
+            assert await again.fetch("bob", 0, 10) != []
+        finally:
+            await again.close()
+
+    asyncio.run(scenario())

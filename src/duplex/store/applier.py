@@ -202,6 +202,8 @@ class ApplierProcess:
         synchronous: the store's ``PRAGMA synchronous``.
         nice: added to this process's scheduling niceness for the applier.
         timeout: seconds to wait for an answer (see :data:`ANSWER_TIMEOUT`).
+        hold: a descriptor the applier keeps open until it ends (the store's lock:
+            the store stays taken while a killed hub's applier finishes an apply).
     """
 
     def __init__(
@@ -211,6 +213,7 @@ class ApplierProcess:
         synchronous: str,
         nice: int = 0,
         timeout: float = ANSWER_TIMEOUT,
+        hold: int = -1,
     ) -> None:
         self.path = path
         self.timeout = timeout
@@ -219,6 +222,7 @@ class ApplierProcess:
             [sys.executable, "-I", script, str(path), str(log), synchronous],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            pass_fds=(hold,) if hold >= 0 else (),
         )
         self.pid = self._proc.pid
         assert self._proc.stdin is not None and self._proc.stdout is not None

@@ -60,6 +60,16 @@ serves anything (:meth:`SqliteStore._recover`), then empties it; an entry alread
 applied is skipped, so a crash during recovery only repeats it. A closed store's
 tables are complete and its journal empty.
 
+One hub at a time
+-----------------
+The loop numbers each mailbox from its own memory, so two hubs on one store would give
+out the same sequence numbers. An open store holds a lock (``flock`` on ``<db>.lock``,
+which names its holders), and so does its applier process, which inherits it: a second
+hub waits :data:`LOCK_WAIT` seconds for it, then refuses to start and names the
+processes that hold it. A hub that was killed holds it until its applier has finished
+its last apply and ended, so a hub restarted at once does not recover the journal
+while the old applier still writes.
+
 Group commit
 ------------
 An fsync costs from tens of microseconds to milliseconds whatever it carries, so one
@@ -140,6 +150,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import itertools
 import logging
@@ -169,6 +180,7 @@ __all__ = [
     "BOX_CACHE",
     "BUSY_TIMEOUT",
     "COMMIT_INTERVAL",
+    "LOCK_WAIT",
     "MAX_PENDING_READS",
     "MAX_PENDING_WRITES",
     "MAX_UNAPPLIED",
@@ -262,6 +274,13 @@ loop gets three quarters of a contended CPU and the apply still keeps up (it nee
 about a tenth). ``benchmarks/hub_relay.py`` at 6,000 messages/s, with the apply in a
 thread of the hub: p99 17-26 ms at 0, 9-11 ms at 5; closed loop p99 24-25 -> 17-18 ms
 at the same rate (nice 10 was no better than 5)."""
+
+LOCK_WAIT: Final = 5.0
+"""Seconds :meth:`SqliteStore.open` waits for a store that is still held, before it
+fails. One hub at a time may use a store: a second one would number the same
+mailboxes from its own memory. A hub that was killed still holds its store until its
+applier process has finished its last apply and ended (well under a second), so that
+a hub started at once does not recover the journal under it."""
 
 RECENT_IDS: Final = 100_000
 """Message ids remembered after their apply, for resends found without a read."""
@@ -486,6 +505,50 @@ _HISTORY = (
 )
 
 
+def _lock(path: Path, db: Path, wait: float) -> int:
+    """Takes the store's lock (``flock`` on ``path``), waiting up to ``wait`` seconds
+    for whoever holds it; returns its descriptor, which holds it until closed.
+
+    Raises:
+        StoreError: another hub (or a killed hub's applier) held it all along.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
+    waited = False
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                if not waited:
+                    logger.warning("%s: another hub holds it; waiting up to %g s", db, wait)
+                    waited = True
+                time.sleep(0.05)
+        holders = os.pread(fd, 256, 0).decode(errors="replace").split()
+        alive = [pid for pid in holders if pid.isdigit() and _alive(int(pid))]
+        held = f" (held by process {', '.join(alive)})" if alive else ""
+        raise StoreError(
+            f"{db} is in use by another hub{held}: a store serves one hub at a time. "
+            "Stop that hub, or give this one a data directory of its own"
+        )
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def _transaction(conn: sqlite3.Connection, commits: int) -> Iterator[None]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, counted in the file's ``meta`` as its
@@ -528,6 +591,8 @@ class SqliteStore:
         box_cache: mailboxes kept in memory (see :data:`BOX_CACHE`).
         max_unapplied: journal entries that may wait for an apply (see
             :data:`MAX_UNAPPLIED`).
+        lock_wait: seconds :meth:`open` waits for a store another hub holds (see
+            :data:`LOCK_WAIT`).
 
     Raises:
         ValueError: an unknown ``synchronous`` or ``integrity_check`` value.
@@ -544,6 +609,7 @@ class SqliteStore:
         commit_interval: float = COMMIT_INTERVAL,
         box_cache: int = BOX_CACHE,
         max_unapplied: int = MAX_UNAPPLIED,
+        lock_wait: float = LOCK_WAIT,
     ) -> None:
         synchronous = synchronous.upper()
         if synchronous not in _SYNCHRONOUS:
@@ -553,6 +619,7 @@ class SqliteStore:
         self.path = Path(path)
         self.log_path = self.path.with_name(self.path.name + ".log")
         self.hwm_path = self.path.with_name(self.path.name + ".hwm")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.synchronous = synchronous
         self._max_batch = max(1, min(max_batch, MAX_PENDING_WRITES))
         self._integrity_check = integrity_check
@@ -560,6 +627,7 @@ class SqliteStore:
         self._commit_interval = max(0.0, commit_interval)
         self._box_cache = max(1, box_cache)
         self._max_unapplied = max(1, max_unapplied)
+        self._lock_wait = max(0.0, lock_wait)
         self.commit_count = 0
         """Write transactions committed since :meth:`open`, in either file."""
         self.write_count = 0
@@ -575,6 +643,7 @@ class SqliteStore:
         self._lconn: sqlite3.Connection | None = None  # the event loop's point reads
         self._hwm_fd = -1
         self._hwm_lock = threading.Lock()
+        self._lock_fd = -1  # holds the store's lock (see LOCK_WAIT); the applier shares it
         self._store_id = ""
         self._commits = 0  # the tables' total, as in their meta
         self._log_commits = 0  # the journal's total, as in its meta
@@ -636,7 +705,8 @@ class SqliteStore:
         Raises:
             StoreCorrupt: a file failed its integrity check, or holds less history
                 than the high-water mark records, or the journal is another store's.
-            StoreError: a file cannot be opened or migrated.
+            StoreError: a file cannot be opened or migrated, or another hub holds
+                the store (past ``lock_wait``).
         """
         if self._loop is not None:
             raise StoreError(f"{self!r} was already opened")
@@ -689,6 +759,7 @@ class SqliteStore:
     def _open_sync(self) -> None:
         with _translated(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _lock(self.lock_path, self.path, self._lock_wait)
             conn = self._tconn = self._connect(self.path)
             log = self._jconn = self._connect(self.log_path)
             for db, path in ((conn, self.path), (log, self.log_path)):
@@ -727,9 +798,16 @@ class SqliteStore:
 
     def _start_applier(self) -> ApplierProcess:
         try:
-            return ApplierProcess(self.path, self.log_path, self.synchronous, APPLIER_NICE)
+            applier = ApplierProcess(
+                self.path, self.log_path, self.synchronous, APPLIER_NICE, hold=self._lock_fd
+            )
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot start the applier process: {exc}") from exc
+        # Who holds the lock, for the message of a hub that finds it taken.
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, b"%d %d\n" % (os.getpid(), applier.pid), 0)
+        return applier
 
     def _bind_log(self, log: sqlite3.Connection) -> int:
         """Ties a new journal to this database; refuses another database's. Returns
@@ -925,6 +1003,10 @@ class SqliteStore:
             with contextlib.suppress(OSError):
                 os.close(self._hwm_fd)
             self._hwm_fd = -1
+        if self._lock_fd >= 0:  # last: the files are closed, the applier has ended
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = -1
 
     # -- the writer threads ---------------------------------------------------
 
