@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -833,5 +834,51 @@ def test_a_store_serves_one_hub_at_a_time(tmp_path: Path) -> None:
             assert await again.fetch("bob", 0, 10) != []
         finally:
             await again.close()
+
+    asyncio.run(scenario())
+
+
+def _stamped(ms: int) -> bytes:
+    """A message id whose first 48 bits are ``ms``, as a UUIDv7's are."""
+    return ms.to_bytes(6, "big") + os.urandom(10)
+
+
+def test_a_resend_is_found_after_its_id_is_forgotten(tmp_path: Path) -> None:
+    """Past ``recent_ids`` the store forgets the oldest ids and keeps a horizon above
+    them: a resend of a forgotten id is looked up (and found), an id from a clock far
+    ahead does not drag the horizon into the future, and an old id never stored is
+    still new. Each send either way: stored once, shown once."""
+    now = int(time.time() * 1000)
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "hub.db", recent_ids=20, apply_after=0)
+        await store.open()
+        try:
+            ids = [_stamped(now - 60_000 + i) for i in range(50)]
+            far = _stamped(now + 86_400_000)  # a sender's clock a day ahead
+            for i, msg_id in enumerate([*ids[:10], far, *ids[10:]]):
+                await store.store_message(NewMessage("alice", "bob", msg_id, f"m{i}", i))
+            await store._apply_now()
+            # The last 20 are remembered; of the 31 forgotten, the far one is kept
+            # apart and the horizon is just above the others.
+            assert len(store._ids) == 20 and len(store._far_ids) == 1
+            assert store._horizon == (now - 60_000 + 30).to_bytes(6, "big")
+            for msg_id in (ids[0], ids[9], far, ids[29], ids[49]):  # forgotten, remembered
+                again = await store.store_message(NewMessage("alice", "bob", msg_id, "x", 99))
+                assert again.duplicate, msg_id.hex()
+            past = _stamped(now - 3_600_000)
+            old = await store.store_message(NewMessage("alice", "bob", past, "old", 1))
+            assert not old.duplicate  # below the horizon, looked up, not there: new
+            assert await store.last_seq("bob") == 52
+        finally:
+            await store.close()
+        reopened = SqliteStore(tmp_path / "hub.db", recent_ids=20)
+        await reopened.open()
+        try:  # nothing remembered now: the horizon starts above the tables' ids
+            again = await reopened.store_message(NewMessage("alice", "bob", ids[3], "x", 99))
+            assert again.duplicate and again.entry.body == "m3"
+            assert await reopened.last_seq("bob") == 52
+        finally:
+            await reopened.close()
 
     asyncio.run(scenario())

@@ -114,7 +114,8 @@ each id that is forgotten (oldest first; ids from a clock far ahead are kept apa
 rather than forgotten, so one cannot push the horizon into the future). A new id at
 or above the horizon, not remembered, is therefore new without a read; clients
 stamp their ids with the time, so that is nearly every id. Anything older is looked up
-in the index, as before.
+in the index, as before. (The horizon is kept as the 6 bytes an id starts with, so
+that the test is a comparison of bytes, not an int made of every id.)
 
 Integrity
 ---------
@@ -346,6 +347,16 @@ def _clone(exc: BaseException) -> BaseException:
 def _id_time(msg_id: bytes) -> int:
     """The first 48 bits of a message id: a UUIDv7's milliseconds since the epoch."""
     return int.from_bytes(msg_id[:6], "big")
+
+
+_ABOVE_ALL = b"\xff" * 17  # compares above every 16-byte id
+
+
+def _time_key(stamp: int) -> bytes:
+    """What a message id compares against for ``_id_time(msg_id) >= stamp``: its
+    first 48 bits, big-endian, so that the hot path compares bytes instead of making
+    an int of every id (16-byte ids, so a longer id with an equal prefix is above)."""
+    return stamp.to_bytes(6, "big") if stamp < 1 << 48 else _ABOVE_ALL
 
 
 def _meta(conn: sqlite3.Connection) -> tuple[str, int]:
@@ -593,6 +604,8 @@ class SqliteStore:
             :data:`MAX_UNAPPLIED`).
         lock_wait: seconds :meth:`open` waits for a store another hub holds (see
             :data:`LOCK_WAIT`).
+        recent_ids: message ids remembered after their apply (see
+            :data:`RECENT_IDS`).
 
     Raises:
         ValueError: an unknown ``synchronous`` or ``integrity_check`` value.
@@ -610,6 +623,7 @@ class SqliteStore:
         box_cache: int = BOX_CACHE,
         max_unapplied: int = MAX_UNAPPLIED,
         lock_wait: float = LOCK_WAIT,
+        recent_ids: int = RECENT_IDS,
     ) -> None:
         synchronous = synchronous.upper()
         if synchronous not in _SYNCHRONOUS:
@@ -628,6 +642,7 @@ class SqliteStore:
         self._box_cache = max(1, box_cache)
         self._max_unapplied = max(1, max_unapplied)
         self._lock_wait = max(0.0, lock_wait)
+        self._recent_ids = max(1, recent_ids)
         self.commit_count = 0
         """Write transactions committed since :meth:`open`, in either file."""
         self.write_count = 0
@@ -680,7 +695,7 @@ class SqliteStore:
         self._ids: dict[tuple[str, bytes], tuple[str, int]] = {}
         self._id_order: collections.deque[tuple[str, bytes]] = collections.deque()
         self._far_ids: dict[tuple[str, bytes], tuple[str, int]] = {}
-        self._horizon = 0
+        self._horizon = b""  # a _time_key: every id at or above it is new or remembered
         # The two writer threads: journal commits, and the tables (requests, and the
         # applies, which the applier process writes).
         # (queue.SimpleQueue: a put is one C call that wakes only its own writer.)
@@ -783,7 +798,7 @@ class SqliteStore:
             self._write_hwm(sync=True)
             self._recover(conn, log)
             top = conn.execute("SELECT max(msg_id) FROM entries WHERE kind = 'msg'").fetchone()
-            self._horizon = _id_time(top[0]) + 1 if top[0] is not None else 0
+            self._horizon = _time_key(_id_time(top[0]) + 1) if top[0] is not None else b""
             self._journal_id = self._deleted = self._deletable = int(
                 log.execute("SELECT coalesce(max(id), 0) FROM journal").fetchone()[0]
             )
@@ -1344,11 +1359,13 @@ class SqliteStore:
     def _forget_ids(self) -> None:
         """Forgets the oldest applied message ids past RECENT_IDS (see the module doc)."""
         ids, order = self._ids, self._id_order
-        if len(ids) <= RECENT_IDS:
+        recent = self._recent_ids
+        if len(ids) <= recent:
             return
         boxes = self._boxes
-        far = int(time.time() * 1000) + _FUTURE_SLACK_MS
-        while len(ids) > RECENT_IDS:
+        far = _time_key(int(time.time() * 1000) + _FUTURE_SLACK_MS + 1)
+        top = b""  # the highest id forgotten: the horizon rises past it, once
+        while len(ids) > recent:
             key = order[0]
             where = ids[key]
             box = boxes.get(where[0])
@@ -1356,17 +1373,19 @@ class SqliteStore:
                 break  # not in the tables yet: a lookup would not find it
             order.popleft()
             del ids[key]
-            stamp = _id_time(key[1])
-            if stamp > far:
+            msg_id = key[1]
+            if msg_id >= far:
                 # A clock far ahead: keep the id apart instead of raising the horizon
-                # there. Past a tenth of RECENT_IDS of those, give up and raise it.
+                # there. Past a tenth of the remembered ids of those, give up and
+                # raise it.
                 self._far_ids[key] = where
-                if len(self._far_ids) > RECENT_IDS // 10:
-                    top = max(_id_time(k[1]) for k in self._far_ids)
-                    self._horizon = max(self._horizon, top + 1)
+                if len(self._far_ids) > recent // 10:
+                    top = max(top, max(k[1] for k in self._far_ids))
                     self._far_ids.clear()
-            elif stamp >= self._horizon:
-                self._horizon = stamp + 1
+            elif msg_id > top:
+                top = msg_id
+        if top >= self._horizon:
+            self._horizon = _time_key(_id_time(top) + 1)
 
     async def _apply_now(self) -> None:
         """Waits until everything staged so far is in the tables."""
@@ -1452,7 +1471,7 @@ class SqliteStore:
             box = self._box(where[0])
             if where[1] > box.applied:
                 return box.tail[where[1] - box.applied - 1]
-        elif _id_time(msg_id) >= self._horizon:
+        elif msg_id >= self._horizon:
             return None
         assert self._lconn is not None
         with _translated(self.path):
