@@ -84,7 +84,8 @@ def test_register_send_offline_then_inbox(tmp_path: Path, hub: HubProcess) -> No
     # Printed once: it was acked.
     again = duplex(tmp_path, hub, "inbox", "--user", "bob")
     assert again.returncode == 0
-    assert "hello" not in again.stdout
+    assert again.stdout == ""
+    assert again.stderr == "no new messages\n"  # (on stderr: a pipe sees nothing)
     # And alice's message is now delivered.
     follow = duplex(
         tmp_path,
@@ -100,6 +101,14 @@ def test_register_send_offline_then_inbox(tmp_path: Path, hub: HubProcess) -> No
         "--json",
     )
     assert json.loads(follow.stdout)["state"] in ("stored", "delivered")
+    # For a person: the state, and what the path means.
+    told = duplex(tmp_path, hub, "send", "carol", "hi", "--user", "alice")
+    assert "there is no user 'carol'" in told.stderr
+    plain = duplex(tmp_path, hub, "send", "bob", "are you back?", "--user", "alice")
+    assert plain.returncode == 0, plain.stderr
+    hexid, to, line = plain.stdout.split("  ", 2)
+    assert len(hexid) == 32 and to == "to bob"
+    assert line == "stored (kept: the recipient is offline, the hub holds it until they are back)\n"
 
 
 def test_contacts_and_who(tmp_path: Path, hub: HubProcess) -> None:

@@ -254,6 +254,14 @@ def logout_cmd(as_json: bool, **kw: Any) -> None:
     _run(main())
 
 
+_PATHS = {
+    "relayed": "relayed: the hub passed it on at once",
+    "stored": "kept: the recipient is offline, the hub holds it until they are back",
+    "direct": "direct: from this device to theirs, not through the hub",
+}
+"""How ``send`` explains each path of a message to a person (JSON gives the word)."""
+
+
 @click.command(
     "send",
     epilog="\b\nExamples:\n  duplex send bob 'hello bob'\n  echo 'from a pipe' | duplex send bob -",
@@ -308,7 +316,7 @@ def send_cmd(to: str, text: str, wait: float, delivered: bool, as_json: bool, **
                 json.dumps({"id": hexid, "to": to, "state": state, "path": path, "reason": reason})
             )
         else:
-            click.echo(f"{hexid}  to {to}  {state}" + (f" ({path})" if path else ""))
+            click.echo(f"{hexid}  to {to}  {state}" + (f" ({_PATHS[path]})" if path else ""))
         if state == "failed":
             raise click.ClickException(f"not sent: {reason}")
         if state == "queued":
@@ -340,9 +348,12 @@ def inbox_cmd(follow: bool, wait: float, as_json: bool, **kw: Any) -> None:
         from duplex.client import ConnectionStateChanged, MessageReceived, PresenceChanged
 
         client = await _client(config)
+        shown = False  # a message, printed
 
         def show(event: object) -> None:
+            nonlocal shown
             if isinstance(event, MessageReceived):
+                shown = True
                 if as_json:
                     row = {"from": event.peer, "id": event.id.hex(), "ts": event.ts}
                     row.update(path=event.path, text=event.body)
@@ -385,6 +396,8 @@ def inbox_cmd(follow: bool, wait: float, as_json: bool, **kw: Any) -> None:
                 show(event)
                 if not follow and client.local.last_seq >= target and not client.has_events():
                     break
+            if not shown and not as_json:
+                click.echo("no new messages", err=True)
         except asyncio.CancelledError:
             if not stopped:
                 raise
