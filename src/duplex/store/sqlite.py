@@ -530,6 +530,7 @@ def _lock(path: Path, db: Path, wait: float) -> int:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _name_holders(fd, os.getpid())
                 return fd
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -550,13 +551,21 @@ def _lock(path: Path, db: Path, wait: float) -> int:
         raise
 
 
+def _name_holders(fd: int, *pids: int) -> None:
+    """Writes who holds the lock into its file, for the message of a hub that finds
+    it taken."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b" ".join(b"%d" % pid for pid in pids) + b"\n", 0)
+
+
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # (no signal: only whether it exists)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # someone else's
+        pass
     return True
 
 
@@ -818,10 +827,7 @@ class SqliteStore:
             )
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot start the applier process: {exc}") from exc
-        # Who holds the lock, for the message of a hub that finds it taken.
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._lock_fd, 0)
-            os.pwrite(self._lock_fd, b"%d %d\n" % (os.getpid(), applier.pid), 0)
+        _name_holders(self._lock_fd, os.getpid(), applier.pid)
         return applier
 
     def _bind_log(self, log: sqlite3.Connection) -> int:
@@ -1384,7 +1390,7 @@ class SqliteStore:
                     self._far_ids.clear()
             elif msg_id > top:
                 top = msg_id
-        if top >= self._horizon:
+        if top and top >= self._horizon:
             self._horizon = _time_key(_id_time(top) + 1)
 
     async def _apply_now(self) -> None:
