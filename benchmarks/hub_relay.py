@@ -51,7 +51,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from duplex.bench.chat import RelayResult, register_users, run_relay, run_relay_native
-from duplex.bench.machine import process_cpu_seconds
+from duplex.bench.machine import process_cpu_seconds, thread_cpu_seconds
 from duplex.bench.reference import parse_broker, run_mqtt_pairs
 from duplex.bench.spec import BenchError
 from duplex.testing.hubs import HubProcess
@@ -89,6 +89,26 @@ def _pin_hub(pid: int, cpus: list[int]) -> None:
     for child in psutil.Process(pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
             _pin_process(child.pid, set(cpus[1:]))
+
+
+def _by_thread(snapshots: list[dict[str, float]], result: RelayResult) -> dict[str, float]:
+    """Each hub thread's (and applier's) share of a CPU over the measured seconds,
+    from the two snapshots taken at their start and end: the main thread is the
+    ``event loop``,
+    the store's threads and its applier process are named (``duplex-journal``, ...).
+    Shares below 1% are left out."""
+    if len(snapshots) < 2 or not result.server_cpu:
+        return {}
+    start, end = snapshots
+    spent = {name: end[name] - start.get(name, 0.0) for name in end}
+    total = sum(spent.values())
+    if total <= 0:
+        return {}
+    shares = {
+        ("event loop" if name == "main" else name): t / total * result.server_cpu
+        for name, t in spent.items()
+    }
+    return {name: v for name, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v >= 0.01}
 
 
 def _positive(text: str) -> int:
@@ -182,8 +202,21 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
             await register_users(hub.address, users)
             results = []
 
+            snapshots: list[dict[str, float]] = []  # per thread, at each hub_cpu()
+
             def hub_cpu() -> float:
+                snapshots.append(thread_cpu_seconds(hub.proc.pid))
                 return process_cpu_seconds(hub.proc.pid, descendants=True)
+
+            def report(label: str, result: RelayResult, **fields: object) -> None:
+                print(_line(label, result))
+                split = _by_thread(snapshots[-2:], result)
+                if split:
+                    print(
+                        "  hub CPU by thread: "
+                        + ", ".join(f"{k} {v:.0%}" for k, v in split.items())
+                    )
+                results.append({**fields, **result.as_dict(), "hub_threads": split})
 
             resume: dict[str, int] = {}  # each device's last sequence, across the runs
             closed_runs: list[RelayResult] = []
@@ -193,9 +226,8 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
                     args, hub.address, cpus, window=args.window, server_cpu=hub_cpu,
                     resume=resume,
                 )  # fmt: skip
-                print(_line(f"closed loop, window {args.window}{run}", closed))
+                report(f"closed loop, window {args.window}{run}", closed, mode="closed", run=i + 1)
                 closed_runs.append(closed)
-                results.append({"mode": "closed", "run": i + 1, **closed.as_dict()})
                 if args.reference:  # alternating, so both see the same machine
                     mqtt = await _mqtt(args, cpus)
                     print(_mqtt_line(f"mosquitto QoS 1, window {args.window}{run}", mqtt))
@@ -211,14 +243,13 @@ async def main(args: argparse.Namespace) -> list[dict[str, object]]:
             opened = await _run(
                 args, hub.address, cpus, rate=rate, server_cpu=hub_cpu, resume=resume
             )
-            print(_line(f"open loop at {rate:,.0f}/s", opened))
+            report(f"open loop at {rate:,.0f}/s", opened, mode="open")
             if opened.per_second < 0.95 * rate:
                 # Latency then measures a growing queue, not the hub at that rate.
                 print(
                     f"  the hub fell behind: {opened.per_second:,.0f} of {rate:,.0f} msg/s "
                     "offered; try a lower --rate"
                 )
-            results.append({"mode": "open", **opened.as_dict()})
         finally:
             hub.kill()
     if mqtt_runs:

@@ -102,6 +102,11 @@ def test_closed_then_open_loop(tmp_path: Path, client: str) -> None:
         assert result["per_second"] > 0
         assert result["errors"] == 0
         assert result["server_cpu"] > 0
+        # Where the hub's CPU went: its threads and its applier, by name, adding up.
+        threads = result["hub_threads"]
+        assert {"event loop", "duplex-journal", "duplex-applier"} <= set(threads), threads
+        assert sum(threads.values()) == pytest.approx(result["server_cpu"], abs=0.05)
+    assert "  hub CPU by thread: event loop " in done.stdout
 
 
 def test_c_client_speaks_the_protocol_and_hands_over_to_the_python_one(

@@ -882,3 +882,28 @@ def test_a_resend_is_found_after_its_id_is_forgotten(tmp_path: Path) -> None:
             await reopened.close()
 
     asyncio.run(scenario())
+
+
+def _comm(task: str) -> str:
+    """The name the OS shows for ``/proc/<task>``."""
+    return Path(f"/proc/{task}/comm").read_text().strip()
+
+
+def test_the_stores_threads_and_applier_carry_their_names(tmp_path: Path) -> None:
+    """``top -H``, ``ps -L`` and ``benchmarks/hub_relay.py`` tell the store's threads
+    and its applier process apart by the names they give themselves."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "hub.db")
+        await store.open()
+        try:
+            await store.store_message(NewMessage("alice", "bob", new_id(), "hi", 1))
+            await store.history("bob", "alice", None, 10)  # (the reader thread starts)
+            names = {_comm(f"self/task/{task}") for task in os.listdir("/proc/self/task")}
+            assert {"duplex-journal", "duplex-tables", "duplex-read"} <= names, names
+            assert store._applier is not None
+            assert _comm(str(store._applier.pid)) == "duplex-applier"
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())

@@ -17,7 +17,13 @@ import dataclasses
 import os
 from collections.abc import Iterable
 
-__all__ = ["CpuTimes", "busy_between", "process_cpu_seconds", "read_cpu_times"]
+__all__ = [
+    "CpuTimes",
+    "busy_between",
+    "process_cpu_seconds",
+    "read_cpu_times",
+    "thread_cpu_seconds",
+]
 
 _TICK = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
 
@@ -56,6 +62,38 @@ def process_cpu_seconds(pid: int, *, descendants: bool = False) -> float:
                 continue
             total += t.user + t.system
     return float(total)
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of each thread of ``pid`` and of its live
+    descendants, summed by the threads' names (their ``comm``, which the hub's store
+    sets: ``duplex-journal``, ``duplex-tables``, ``duplex-read``, ``duplex-applier``);
+    ``pid``'s main thread is ``"main"``. Threads that end meanwhile are skipped.
+
+    Raises:
+        psutil.Error: ``pid`` is gone or cannot be read.
+    """
+    import psutil
+
+    pids = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    out: dict[str, float] = {}
+    for owner in pids:
+        try:
+            tasks = os.listdir(f"/proc/{owner}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{owner}/task/{task}/stat") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(task) == pid:
+                name = "main"
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
+    return out
 
 
 def read_cpu_times(path: str = "/proc/stat") -> dict[int, CpuTimes]:

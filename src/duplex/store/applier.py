@@ -55,6 +55,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -73,6 +74,7 @@ __all__ = [
     "Folded",
     "JournalGap",
     "fold",
+    "name_thread",
     "write_folded",
 ]
 
@@ -172,6 +174,16 @@ def write_folded(conn: sqlite3.Connection, folded: Folded, *, replay: bool = Fal
         conn.executemany(UPSERT_CURSOR, cursors)
     if boxes:
         conn.executemany(UPSERT_BOX, boxes)
+
+
+def name_thread(name: str) -> None:
+    """Names the calling thread for the OS (what ``top -H``, ``ps -L`` and
+    ``benchmarks/hub_relay.py`` show; Linux keeps 15 characters), where it can."""
+    with (
+        contextlib.suppress(OSError),
+        open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as comm,
+    ):
+        comm.write(name[:15])
 
 
 class ApplyFailed(sqlite3.OperationalError):
@@ -366,6 +378,7 @@ def main(argv: list[str]) -> int:
     # It ends when its input closes, not on a signal meant for the hub: Ctrl-C reaches
     # the whole process group, and a service manager's SIGTERM the whole cgroup, while
     # the hub, stopping, still hands it the last apply.
+    name_thread("duplex-applier")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     source, sink = sys.stdin.buffer, sys.stdout.buffer

@@ -169,7 +169,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from duplex.errors import StoreCorrupt, StoreError, map_exceptions
-from duplex.store.applier import ApplierGone, ApplierProcess, fold, write_folded
+from duplex.store.applier import ApplierGone, ApplierProcess, fold, name_thread, write_folded
 from duplex.store.base import Entry, EntryKind, NewMessage, Stored, StoreStats, User, validate_batch
 from duplex.store.migrate import SCHEMA_VERSION_DDL, load_migrations
 
@@ -741,7 +741,12 @@ class SqliteStore:
             self._release_sync()
             raise
         self._rsem = asyncio.Semaphore(MAX_PENDING_READS)
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="duplex-store-read")
+        self._reader = ThreadPoolExecutor(
+            1,
+            thread_name_prefix="duplex-store-read",
+            initializer=name_thread,
+            initargs=("duplex-read",),
+        )
         journal = (self._jqueue, self.log_path, self._commit_journal, self._journaled)
         tables = (self._tqueue, self.path, self._commit_tables, self._tables_done)
         self._threads = [
@@ -1048,6 +1053,7 @@ class SqliteStore:
         done: Callable[[T, StoreError | None], None],
     ) -> None:
         """A writer thread: commits each item of ``work``, then ``done`` on the loop."""
+        name_thread(threading.current_thread().name)
         while (item := self._next_work(work)) is not None:
             error = self._failed or self._run(path, functools.partial(commit, item))
             if time.monotonic() - self._hwm_synced > _HWM_SYNC_INTERVAL:
