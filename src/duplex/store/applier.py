@@ -96,11 +96,17 @@ UPSERT_CURSOR: Final = (
     " seq = max(seq, excluded.seq), ts = excluded.ts"
 )
 
-ANSWER_TIMEOUT: Final = 120.0
-"""Seconds the hub waits for an apply's answer before it kills the applier as hung
-(an apply of the most entries one takes lasts a fraction of a second; waiting for a
-lock lasts :data:`BUSY_TIMEOUT` at most). A stopped applier must not stop the applies
-for good: the memory the journal's unapplied rows hold grows until one is done."""
+ANSWER_TIMEOUT: Final = 30.0
+"""Seconds the hub waits for an apply's answer before it kills the applier as hung and
+starts another, which applies the same rows again.
+
+A hung applier stalls the hub's writes once the store's bound on entries waiting for
+an apply is reached (``MAX_UNAPPLIED``), so the wait is a stall users see, and should
+be no longer than it must. An apply of 12,768 entries (what ``APPLY_ENTRIES`` lets
+gather) took 0.07 s on the machine this was built on, so one of the most an apply
+takes (``MAX_UNAPPLIED``, 65,536) about 0.35 s; waiting for a lock held by another
+program lasts :data:`BUSY_TIMEOUT` at most, after which the apply fails and is tried
+again. 30 s leaves a slow disk two orders of magnitude. (It was 120 s, a guess.)"""
 
 _REQUEST = struct.Struct("!QQQB")
 _REPLAY = 1  # request flag: some entries may be in the tables already
