@@ -94,9 +94,8 @@ def _pin_hub(pid: int, cpus: list[int]) -> None:
 def _by_thread(snapshots: list[dict[str, float]], result: RelayResult) -> dict[str, float]:
     """Each hub thread's (and applier's) share of a CPU over the measured seconds,
     from the two snapshots taken at their start and end: the main thread is the
-    ``event loop``,
-    the store's threads and its applier process are named (``duplex-journal``, ...).
-    Shares below 1% are left out."""
+    ``event loop``, the store's threads and its applier process are named
+    (``duplex-journal``, ...). Shares below 1% are left out."""
     if len(snapshots) < 2 or not result.server_cpu:
         return {}
     start, end = snapshots

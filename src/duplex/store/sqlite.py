@@ -539,8 +539,10 @@ def _lock(path: Path, db: Path, wait: float) -> int:
                     logger.warning("%s: another hub holds it; waiting up to %g s", db, wait)
                     waited = True
                 time.sleep(0.05)
+        import psutil  # (only here: a refusal, once)
+
         holders = os.pread(fd, 256, 0).decode(errors="replace").split()
-        alive = [pid for pid in holders if pid.isdigit() and _alive(int(pid))]
+        alive = [pid for pid in holders if pid.isdigit() and psutil.pid_exists(int(pid))]
         held = f" (held by process {', '.join(alive)})" if alive else ""
         raise StoreError(
             f"{db} is in use by another hub{held}: a store serves one hub at a time. "
@@ -557,16 +559,6 @@ def _name_holders(fd: int, *pids: int) -> None:
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
         os.pwrite(fd, b" ".join(b"%d" % pid for pid in pids) + b"\n", 0)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # (no signal: only whether it exists)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's
-        pass
-    return True
 
 
 @contextlib.contextmanager
