@@ -607,3 +607,115 @@ def test_receipts_are_acked_later_and_messages_at_once(tmp_path: Path) -> None:
                 await bob.close()
 
     run(scenario())
+
+
+# -- one client, several hub stores ------------------------------------------------------
+
+
+async def _inbox(address: tuple[str, int], data: Path, expect: int) -> list[str]:
+    """Logs bob in at ``address`` with the device in ``data``; the bodies he receives."""
+    bob = await new_client(address, "bob", register_first=False, data_dir=data)
+    log = EventLog(bob)
+    try:
+        await log.wait(lambda lg: len(lg.of(MessageReceived)) >= expect)
+        return [e.body for e in log.of(MessageReceived)]
+    finally:
+        await log.stop()
+        await bob.close()
+
+
+async def _send(address: tuple[str, int], *texts: str) -> None:
+    """alice sends ``texts`` to bob through the hub at ``address``, each stored."""
+    alice = await new_client(address, "alice", register_first=False)
+    try:
+        ids = [await alice.send("bob", text) for text in texts]
+        for msg_id in ids:
+            assert await alice.wait_state(msg_id, "stored", 10) == "stored"
+    finally:
+        await alice.close()
+
+
+def test_a_device_that_moves_between_hubs_misses_nothing(tmp_path: Path) -> None:
+    # Sequence numbers count within one store. Before the store had a name in Login and
+    # Welcome, bob's cursor from hub A (3) made hub B (2 entries) skip both of his, and
+    # a hub whose data dir was replaced skipped a device's first entries likewise.
+    async def scenario() -> None:
+        data = tmp_path / "bob-device"
+        async with (
+            running_hub(hub_test_config(tmp_path / "a")) as a,
+            running_hub(hub_test_config(tmp_path / "b")) as b,
+        ):
+            assert a.hub.store.store_id != b.hub.store.store_id
+            for address in (a.address, b.address):
+                for user in ("alice", "bob"):
+                    await register(address, user, PASSWORD)
+            await _send(a.address, "a1", "a2", "a3")
+            assert await _inbox(a.address, data, 3) == ["a1", "a2", "a3"]
+            alice = await new_client(b.address, "alice", register_first=False)
+            on_b = [await alice.send("bob", text) for text in ("b1", "b2")]
+            for msg_id in on_b:
+                assert await alice.wait_state(msg_id, "stored", 10) == "stored"
+            assert await _inbox(b.address, data, 2) == ["b1", "b2"]
+            for msg_id in on_b:  # acked by bob's device: the sender hears it
+                assert await alice.wait_state(msg_id, "delivered", 10) == "delivered"
+            await alice.close()
+            # Back on A: its cursor was kept, so only what is new there arrives.
+            await _send(a.address, "a4")
+            assert await _inbox(a.address, data, 1) == ["a4"]
+            port = a.address[1]
+        # A's data dir replaced: a new store behind the same address.
+        async with running_hub(hub_test_config(tmp_path / "a-new", port=port)) as a2:
+            for user in ("alice", "bob"):
+                await register(a2.address, user, PASSWORD)
+            await _send(a2.address, "n1")
+            assert await _inbox(a2.address, data, 1) == ["n1"]
+
+    run(scenario())
+
+
+def test_a_message_written_for_one_hub_never_goes_out_through_another(tmp_path: Path) -> None:
+    # A user name names a person within one hub only: bob on B need not be bob on A.
+    async def scenario() -> None:
+        data = tmp_path / "alice-device"
+        with socket.socket() as probe:  # an address where no hub ever answered
+            probe.bind(("127.0.0.1", 0))
+            nowhere = probe.getsockname()
+        config_a = hub_test_config(tmp_path / "a")
+        async with (
+            running_hub(config_a) as a,
+            running_hub(hub_test_config(tmp_path / "b")) as b,
+        ):
+            for address in (a.address, b.address):
+                for user in ("alice", "bob"):
+                    await register(address, user, PASSWORD)
+            first = await new_client(a.address, "alice", register_first=False, data_dir=data)
+            await first.close()  # alice's device knows A's store now
+            bob_b = await new_client(b.address, "bob", register_first=False)
+            log_b = EventLog(bob_b)
+            port_a = a.address[1]
+        # A is down (and B with it: B's port is new when it comes back).
+        for address, text in ((("127.0.0.1", port_a), "for A"), (nowhere, "for nowhere")):
+            offline = Client(address, "alice", password=PASSWORD, data_dir=data, backoff=(5, 5))
+            await offline.start()
+            msg_id = await offline.send("bob", text)
+            assert offline.state_of(msg_id) == ("queued", None)
+            await offline.close()
+        async with running_hub(hub_test_config(tmp_path / "b")) as b:
+            bob_b = await new_client(b.address, "bob", register_first=False)
+            log_b = EventLog(bob_b)
+            alice_b = await new_client(b.address, "alice", register_first=False, data_dir=data)
+            # What was queued goes out at login, before anything new: had "for A" or
+            # "for nowhere" gone to B, bob on B would see it before "for B".
+            msg_id = await alice_b.send("bob", "for B")
+            await log_b.wait(lambda lg: len(lg.of(MessageReceived)) >= 1)
+            assert [e.body for e in log_b.of(MessageReceived)] == ["for B"]
+            assert len(alice_b.local.queued()) == 0  # none of the two is B's
+            await alice_b.close()
+            await log_b.stop()
+            await bob_b.close()
+        async with running_hub(hub_test_config(tmp_path / "a", port=port_a)) as a:
+            alice_a = await new_client(a.address, "alice", register_first=False, data_dir=data)
+            assert await _inbox(a.address, tmp_path / "bob-device", 1) == ["for A"]
+            await alice_a.close()
+
+    run(scenario())

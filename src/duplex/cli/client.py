@@ -322,7 +322,7 @@ def send_cmd(to: str, text: str, wait: float, delivered: bool, as_json: bool, **
         if state == "queued":
             click.echo(
                 f"the hub at {config.hub} did not confirm it; it stays in the outbox and "
-                "goes out at the next login",
+                f"goes out at the next login to {config.hub}",
                 err=True,
             )
             sys.exit(3)

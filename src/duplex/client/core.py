@@ -285,6 +285,7 @@ class Client:
         self.token = token or ""
         if local is None:
             local = LocalStore(Path(data_dir) / "local.db" if data_dir else ":memory:")
+        local.bind(f"{hub[0]}:{hub[1]}")
         self.local = local
         self.data_dir = Path(data_dir) if data_dir else None
         self.device = local.device_id()
@@ -729,6 +730,7 @@ class Client:
                 password="" if self.token else (self.password or ""),
                 token=self.token,
                 last_seq=self.local.last_seq,
+                store=self.local.store,
                 endpoints=self.endpoints,
                 fingerprint=self.fingerprint,
                 want_token=self.want_token and not self.token,
@@ -746,6 +748,7 @@ class Client:
         self.ticket_key = welcome.ticket_key
         self.observed = welcome.observed
         self.hub_last_seq = welcome.last_seq
+        self.local.welcome(welcome.store)
         if welcome.token:
             self.token = welcome.token
         self._set_state("online")

@@ -8,7 +8,12 @@ What it guarantees:
   stays ``queued`` until the hub says ``stored``, so it is sent again after any crash;
 * an incoming message is recorded at most once per ``(peer, id)``
   (:meth:`LocalStore.add_incoming` says whether it was new), and the mailbox sequence
-  is stored in the same commit, so an ack never runs ahead of what is on disk.
+  is stored in the same commit, so an ack never runs ahead of what is on disk;
+* the mailbox sequence is kept per hub store (a hub names its store in ``Welcome``):
+  sequence numbers count within one store, so the cursor of one hub never makes the
+  client skip the first entries of another (or of a hub whose data dir was replaced),
+  and a message written for one hub never goes out through another
+  (:meth:`LocalStore.bind`, :meth:`LocalStore.welcome`).
 
 WAL with ``synchronous=NORMAL``: a commit survives a crash of the process, which is
 what "kept across a restart of the client" needs; only a power loss can take the
@@ -48,6 +53,7 @@ CREATE TABLE IF NOT EXISTS messages (
     state     TEXT NOT NULL,
     path      TEXT,
     reason    TEXT NOT NULL DEFAULT '',
+    store     TEXT NOT NULL DEFAULT '',  -- for 'out': the hub store it is for (see bind)
     UNIQUE (peer, id, direction)
 );
 CREATE INDEX IF NOT EXISTS messages_queued ON messages (state) WHERE state = 'queued';
@@ -99,7 +105,14 @@ class LocalStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+            if "store" not in columns:  # a file from before stores had names
+                self._db.execute("ALTER TABLE messages ADD COLUMN store TEXT NOT NULL DEFAULT ''")
         self._in_tx = False
+        self._hub = ""
+        self._outbox = ""  # what new outgoing messages are bound to ('': any hub)
+        self._store = ""  # the store the mailbox sequence counts in ('': not known)
+        self._seq_key = "last_seq"
 
     def close(self) -> None:
         """Closes the file."""
@@ -127,11 +140,80 @@ class LocalStore:
                 self._set("device", device)
             return device
 
+    # -- which hub ----------------------------------------------------------------------
+
+    def bind(self, hub: str) -> None:
+        """Says which hub (``"host:port"``) the client talks to from now on.
+
+        Sequence numbers count within one hub store, and a user name names a person
+        only within one hub. So :attr:`last_seq` is that of the store the last
+        ``Welcome`` from ``hub`` named, and new outgoing messages are for that store
+        (:meth:`queued` gives only those, and older ones bound to none). For an address
+        not seen before, the sequence is the last store's (a guess: the hub knows
+        better, see :attr:`store`), and new messages wait for that address's hub.
+        """
+        with map_exceptions(_ERRORS):
+            known = self._get(f"hub:{hub}")
+            last = self._get("store")
+        self._hub = hub
+        self._outbox = known or f"@{hub}"
+        self._use_store(known or last or "")
+
+    def _use_store(self, store: str) -> None:
+        self._store = store
+        self._seq_key = f"last_seq:{store}" if store else "last_seq"
+
+    @property
+    def store(self) -> str:
+        """The store :attr:`last_seq` counts in, as a ``Welcome`` named it ('' if none
+        did): what ``Login`` says, so that a hub with another store does not take the
+        sequence for its own."""
+        return self._store
+
+    def welcome(self, store: str) -> None:
+        """The hub at the bound address said its store is ``store`` (in ``Welcome``;
+        empty from a hub too old to say, which changes nothing).
+
+        From now on :attr:`last_seq` is that store's: where the login said another
+        store, the hub sends the mailbox from its start, and what this file holds of
+        that store already is skipped as held. Messages written for this address
+        before its first ``Welcome`` are bound to the store.
+        """
+        if not store or (store == self._store and self._outbox == store):
+            return
+        with map_exceptions(_ERRORS):
+            in_tx = self._in_tx
+            if not in_tx:
+                self._db.execute("BEGIN")
+            try:
+                legacy = self._get("last_seq")
+                if not self._store and legacy is not None:
+                    # A file from before stores had names: its sequence was the one the
+                    # login said, and this hub took it as its own.
+                    if self._get(f"last_seq:{store}") is None:
+                        self._set(f"last_seq:{store}", legacy)
+                    self._db.execute("DELETE FROM meta WHERE key = 'last_seq'")
+                if self._hub:
+                    self._set(f"hub:{self._hub}", store)
+                    self._db.execute(
+                        "UPDATE messages SET store = ? WHERE direction = 'out' AND store = ?",
+                        (store, f"@{self._hub}"),
+                    )
+                self._set("store", store)
+                if not in_tx:
+                    self._db.execute("COMMIT")
+            except BaseException:
+                if not in_tx:
+                    self._db.execute("ROLLBACK")
+                raise
+        self._outbox = store
+        self._use_store(store)
+
     @property
     def last_seq(self) -> int:
-        """The highest mailbox sequence held here."""
+        """The highest mailbox sequence held here, in the store of :attr:`store`."""
         with map_exceptions(_ERRORS):
-            value = self._get("last_seq")
+            value = self._get(self._seq_key)
         return int(value) if value else 0
 
     # -- batches ------------------------------------------------------------------------
@@ -156,29 +238,31 @@ class LocalStore:
         unless inside :meth:`begin`)."""
         with map_exceptions(_ERRORS):
             self._db.execute(
-                "INSERT OR IGNORE INTO messages (peer, id, direction, body, ts, state) "
-                "VALUES (?, ?, 'out', ?, ?, 'queued')",
-                (peer, msg_id, body, ts),
+                "INSERT OR IGNORE INTO messages (peer, id, direction, body, ts, state, store) "
+                "VALUES (?, ?, 'out', ?, ?, 'queued', ?)",
+                (peer, msg_id, body, ts, self._outbox),
             )
 
     def queued(self) -> list[OutgoingMessage]:
-        """Messages the hub has not confirmed yet, oldest first."""
+        """Messages for the bound hub (see :meth:`bind`) that it has not confirmed yet,
+        oldest first."""
         with map_exceptions(_ERRORS):
             rows = self._db.execute(
-                "SELECT id, peer, body, ts FROM messages "
-                "WHERE direction = 'out' AND state = 'queued' ORDER BY n"
+                "SELECT id, peer, body, ts FROM messages WHERE direction = 'out' "
+                "AND state = 'queued' AND store IN ('', ?) ORDER BY n",
+                (self._outbox,),
             ).fetchall()
         return [OutgoingMessage(bytes(r[0]), r[1], r[2], r[3]) for r in rows]
 
     def undelivered(self, peer: str) -> list[OutgoingMessage]:
-        """Our messages to ``peer`` that no device of it has acknowledged yet (``queued``
-        or ``stored``), oldest first: what a new path to ``peer`` must carry before
+        """Our messages to ``peer`` on the bound hub that no device of it has acknowledged
+        yet (``queued`` or ``stored``), oldest first: what a new path to ``peer`` must carry before
         anything newer, so that nothing overtakes them."""
         with map_exceptions(_ERRORS):
             rows = self._db.execute(
                 "SELECT id, peer, body, ts FROM messages WHERE peer = ? AND direction = 'out' "
-                "AND state IN ('queued', 'stored') ORDER BY n",
-                (peer,),
+                "AND state IN ('queued', 'stored') AND store IN ('', ?) ORDER BY n",
+                (peer, self._outbox),
             ).fetchall()
         return [OutgoingMessage(bytes(r[0]), r[1], r[2], r[3]) for r in rows]
 
@@ -223,7 +307,7 @@ class LocalStore:
     def set_last_seq(self, seq: int) -> None:
         """Records the highest mailbox sequence held here."""
         with map_exceptions(_ERRORS):
-            self._set("last_seq", str(seq))
+            self._set(self._seq_key, str(seq))
 
     # -- reading ------------------------------------------------------------------------
 

@@ -467,7 +467,18 @@ class Hub:
         last_seq = await self.store.last_seq(msg.user)
         if _gone(conn):
             return
-        if live.cursor > last_seq:
+        if msg.store and msg.store != self.store.store_id:
+            # The device's sequence counts in another store (another hub, or this
+            # hub's data dir replaced): here it would skip as many entries. All of them.
+            log.info(
+                "%s (device %s) holds sequence %d of another store: sending its mailbox "
+                "from the start",
+                msg.user,
+                msg.device,
+                msg.last_seq,
+            )
+            live.cursor = live.acked = live.ack_written = 0
+        elif live.cursor > last_seq:
             # The device claims more than the store has: trust the store.
             live.cursor = live.acked = live.ack_written = last_seq
         conn.live = live
@@ -488,6 +499,7 @@ class Hub:
                 ticket_key=live.ticket_key,
                 token=token,
                 observed=conn.peer,
+                store=self.store.store_id,
             )
         )
         log.info("%s logged in (device %s) from %s", msg.user, msg.device, conn.peer)

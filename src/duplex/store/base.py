@@ -135,6 +135,13 @@ class Store(Protocol):
     async def close(self) -> None:
         """Finishes pending writes and releases every resource."""
 
+    @property
+    def store_id(self) -> str:
+        """Names this store (once :meth:`open` returned): made when the store was
+        created, never changed. Mailbox sequence numbers count within one store, so a
+        device tells its hub which store the last sequence it holds is from."""
+        ...
+
     # -- accounts -------------------------------------------------------------
 
     async def create_user(self, name: str, password_hash: str, created: int) -> bool:

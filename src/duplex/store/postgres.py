@@ -253,6 +253,7 @@ class PostgresStore:
         self._batcher: asyncio.Task[None] | None = None
         self._stopping = False
         self._closed = False
+        self._store_id = ""
 
     def __repr__(self) -> str:
         return f"PostgresStore(schema={self.schema!r}, pool_size={self.pool_size})"
@@ -281,6 +282,9 @@ class PostgresStore:
             try:
                 async with pool.acquire() as conn:
                     await self._migrate(conn)
+                    self._store_id = str(
+                        await conn.fetchval("SELECT value FROM meta WHERE key = 'store_id'")
+                    )
             except BaseException:
                 await pool.close()
                 raise
@@ -302,6 +306,11 @@ class PostgresStore:
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await self._pool.close()
+
+    @property
+    def store_id(self) -> str:
+        """Names this store: made by its migration 0002 (one id for the whole cluster)."""
+        return self._store_id
 
     async def _migrate(self, conn: Any) -> None:
         key = f"duplex.store.migrate:{self.schema or ''}"

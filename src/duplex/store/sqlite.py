@@ -1845,6 +1845,11 @@ class SqliteStore:
                 # The rest is in memory, or was applied while we read: look again.
         return out
 
+    @property
+    def store_id(self) -> str:
+        """Names this store: made at its creation (see ``meta`` in its first migration)."""
+        return self._store_id
+
     async def last_seq(self, user: str) -> int:
         """Returns the highest committed sequence number in ``user``'s mailbox (0 when
         empty)."""

@@ -309,7 +309,8 @@ async def check_stats(store: Store) -> None:
 
 
 async def check_durable_across_reopen(factory: StoreFactory) -> None:
-    """Everything survives close and reopen; sequences and idempotency continue.
+    """Everything survives close and reopen; sequences and idempotency continue, and
+    the store keeps its id.
 
     Args:
         factory: makes a new store over the SAME storage each call.
@@ -317,6 +318,8 @@ async def check_durable_across_reopen(factory: StoreFactory) -> None:
     store = factory()
     await store.open()
     try:
+        store_id = store.store_id
+        assert len(store_id) == 32 and int(store_id, 16) >= 0  # 128 random bits, in hex
         await store.create_user("alice", "hash", 1)
         await store.create_user("bob", "hash", 1)
         await store.add_contact("alice", "bob")
@@ -331,6 +334,7 @@ async def check_durable_across_reopen(factory: StoreFactory) -> None:
     store = factory()
     await store.open()
     try:
+        assert store.store_id == store_id  # it names the store, not one opening of it
         assert await store.fetch("bob", 0, 100) == before
         assert await store.fetch("alice", 0, 100) == receipts
         assert await store.contacts("alice") == ["bob"]

@@ -140,7 +140,10 @@ class Login(Message, tag="login", frozen=True):
     """Start a session for ``device``, with a password or a session token.
 
     ``last_seq`` is the last mailbox sequence this device holds; the hub sends the
-    rest. ``endpoints`` and ``fingerprint`` describe the device's P2P listener.
+    rest. ``store`` names the store that sequence counts in, as the ``Welcome`` of an
+    earlier login said (empty: not known): when it is not the hub's, the sequence
+    means nothing there and the hub sends the mailbox from its start.
+    ``endpoints`` and ``fingerprint`` describe the device's P2P listener.
     """
 
     rid: RID
@@ -152,6 +155,7 @@ class Login(Message, tag="login", frozen=True):
     endpoints: ENDPOINTS = msgspec.field(default_factory=list)
     fingerprint: SHORT = ""
     want_token: bool = False
+    store: SHORT = ""
 
 
 class Logout(Message, tag="logout", frozen=True):
@@ -221,7 +225,11 @@ class Registered(Message, tag="registered", frozen=True):
 
 
 class Welcome(Message, tag="welcome", frozen=True):
-    """Login accepted: the session, its timers, and the device's P2P ticket key."""
+    """Login accepted: the session, its timers, and the device's P2P ticket key.
+
+    ``store`` names the hub's store, in which the mailbox's sequence numbers count: a
+    new store (another hub, or this hub's data dir replaced) starts them again at 1.
+    """
 
     rid: RID
     user: NAME
@@ -233,6 +241,7 @@ class Welcome(Message, tag="welcome", frozen=True):
     ticket_key: bytes = b""
     token: SECRET = ""
     observed: SHORT = ""
+    store: SHORT = ""
 
 
 class Ok(Message, tag="ok", frozen=True):
