@@ -155,10 +155,17 @@ def test_send_while_hub_is_down_stays_in_outbox(tmp_path: Path) -> None:
         )
         hub.kill()
         queued = duplex(
-            tmp_path, hub, "send", "bob", "typed offline", "--user", "alice", "--wait", "1"
+            tmp_path, hub, "send", "bob", "typed offline", "--user", "alice", "--wait", "2"
         )
         assert queued.returncode == 3, queued.stderr
-        assert "stays in the outbox" in queued.stderr
+        # After a second without the hub it says why, and how long it keeps trying.
+        assert queued.stderr.startswith(
+            f"the hub at 127.0.0.1:{port} does not answer (connection refused: no hub "
+            "listens there); trying for 1 s more (--wait)\n"
+        ), queued.stderr
+        assert f"stays in the outbox and goes out at the next login to 127.0.0.1:{port}" in (
+            queued.stderr
+        )
     with HubProcess(tmp_path / "hub", port=port) as hub:
         # Any later command of alice's logs in and flushes the outbox.
         assert duplex(tmp_path, hub, "inbox", "--user", "alice").returncode == 0

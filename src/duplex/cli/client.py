@@ -144,10 +144,29 @@ async def _client(config: ClientConfig, *, password: str | None = None) -> Any:
     return client
 
 
+SAY_WAITING = 1.0
+"""Seconds without the hub before a command says it waits (see :func:`_online`)."""
+
+
 async def _online(client: Any, config: ClientConfig, timeout: float) -> bool:
-    """Waits to be logged in; saves a new token. False when the hub is unreachable."""
+    """Waits to be logged in; saves a new token. False when the hub is unreachable.
+
+    If the hub has not answered after :data:`SAY_WAITING` seconds, says so on stderr
+    (why, and for how long it keeps trying) instead of sitting silent."""
+    first = min(timeout, SAY_WAITING)
     try:
-        await client.wait_online(timeout)
+        try:
+            await client.wait_online(first)
+        except TimeoutError:
+            if client.fatal or timeout <= first:
+                raise
+            why = f" ({client.state_detail})" if client.state_detail else ""
+            click.echo(
+                f"the hub at {config.hub} does not answer{why}; trying for "
+                f"{timeout - first:g} s more (--wait)",
+                err=True,
+            )
+            await client.wait_online(timeout - first)
     except TimeoutError:
         if client.fatal:
             raise AuthError("fatal", client.fatal) from None

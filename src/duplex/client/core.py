@@ -239,6 +239,19 @@ class _HubLink(asyncio.Protocol):
         self._timer.arm()
 
 
+def _why(exc: BaseException) -> str:
+    """Why a connection attempt failed, in words (not ``[Errno 111] Connect call ...``)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: no hub listens there"
+    if isinstance(exc, TimeoutError):
+        return str(exc) or "no answer in time"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
+
+
 class Client:
     """A messenger client for one user.
 
@@ -304,6 +317,8 @@ class Client:
         self.ticket_key = b""
         self.observed = ""
         self.hub_last_seq = 0
+        self.state_detail = ""
+        """Why the connection is in its :attr:`state` (e.g. the last connect error)."""
         """The hub's last mailbox sequence for us at login: caught up when we hold it."""
         self.hub_local: tuple[str, int] | None = None
         """Our end of the hub connection (the port hole punching reuses)."""
@@ -445,6 +460,7 @@ class Client:
         if state == self.state and not detail:
             return
         self.state = state
+        self.state_detail = detail
         self._state_changed.set()
         if state == "online":
             self._online.set()
@@ -625,7 +641,7 @@ class Client:
                 self._give_up(str(exc))
                 return
             except (OSError, DuplexError, TimeoutError) as exc:
-                detail = str(exc) or type(exc).__name__
+                detail = _why(exc)
             if self.fatal:
                 return
             if not self.reconnect or self._closing:
