@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from duplex.client import Client, PinStore, register
-from duplex.errors import AuthError
+from duplex.errors import AuthError, BrokenResourceError
 from duplex.testing.hubs import hub_test_config, running_hub
 from duplex.tls import format_fingerprint
 
@@ -41,5 +41,43 @@ def test_trust_on_first_use_then_refuse_a_changed_certificate(tmp_path: Path) ->
             assert impostor.hub.local == {}
             for outcome in ("ok", "refused", "throttled"):
                 assert impostor.hub.metrics.logins.labels(outcome)._value.get() == 0  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())
+
+
+def test_tls_on_one_side_only_is_named_as_the_cause(tmp_path: Path) -> None:
+    # Before: "the peer closed the connection" and "[SSL: WRONG_VERSION_NUMBER] wrong
+    # version number (_ssl.c:1006)", which say nothing to a user who forgot --tls.
+    async def scenario() -> None:
+        async with (
+            running_hub(hub_test_config(tmp_path / "tls", tls="self-signed")) as tls_hub,
+            running_hub(hub_test_config(tmp_path / "plain")) as plain_hub,
+        ):
+            with pytest.raises(BrokenResourceError) as plain_to_tls:
+                await register(tls_hub.address, "alice", "correct horse")
+            assert "before it said anything: if it uses TLS, connect with TLS (--tls)" in str(
+                plain_to_tls.value
+            )
+            with pytest.raises(BrokenResourceError) as tls_to_plain:
+                await register(plain_hub.address, "alice", "correct horse", tls=True)
+            assert str(tls_to_plain.value).endswith(
+                "the hub does not use TLS: connect without it (no --tls)"
+            )
+            # A client says the same as the reason of its state, and keeps trying.
+            for address, tls, words in (
+                (tls_hub.address, False, "if it uses TLS, connect with TLS"),
+                (plain_hub.address, True, "the hub does not use TLS"),
+            ):
+                client = Client(address, "alice", password="correct horse", tls=tls)
+                await client.start()
+                details = set()
+                for _ in range(250):  # up to 5 s (backoff: 0.1-0.2 s, then twice that)
+                    details.add(client.state_detail)
+                    if words in client.state_detail:
+                        break
+                    await asyncio.sleep(0.02)
+                assert any(words in detail for detail in details), details
+                assert client.state == "reconnecting" and client.fatal == ""
+                await client.close()
 
     asyncio.run(scenario())

@@ -169,6 +169,7 @@ class _HubLink(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[str] = self.loop.create_future()
         self.reason = ""
+        self.received = 0  # bytes from the hub
         self._timer = LazyTimer(self.loop, self.session, self._after)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -177,8 +178,19 @@ class _HubLink(asyncio.Protocol):
         self._timer.arm()
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
         self.session.receive_data(data, self.loop.time())
         self._after()
+
+    def why_closed(self, event: Closed) -> str:
+        """Why the hub closed the connection, in words (``code: reason``)."""
+        if event.code == "eof" and not self.received and not self.tls:
+            # Not even its Hello: what a hub that uses TLS does to a client without it.
+            return (
+                "the hub closed the connection before it said anything: "
+                f"if it uses TLS, connect with TLS ({TLS_HINT})"
+            )
+        return f"{event.code}: {event.reason}" if event.by_peer else event.reason
 
     def eof_received(self) -> bool:
         self.session.receive_eof()
@@ -239,10 +251,17 @@ class _HubLink(asyncio.Protocol):
         self._timer.arm()
 
 
+TLS_HINT = "--tls"
+"""How a user turns TLS on, for the messages that suggest it (the CLI's flag)."""
+
+
 def _why(exc: BaseException) -> str:
     """Why a connection attempt failed, in words (not ``[Errno 111] Connect call ...``)."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused: no hub listens there"
+    if isinstance(exc, ssl.SSLError) and exc.reason == "WRONG_VERSION_NUMBER":
+        # Our ClientHello answered by a plain hub's Hello frame.
+        return f"the hub does not use TLS: connect without it (no {TLS_HINT})"
     if isinstance(exc, TimeoutError):
         return str(exc) or "no answer in time"
     if isinstance(exc, socket.gaierror):
@@ -790,7 +809,7 @@ class Client:
                 if isinstance(event, Received):
                     ack = self._on_message(link, event.message) or ack
                 elif isinstance(event, Closed):
-                    link.reason = f"{event.code}: {event.reason}" if event.by_peer else event.reason
+                    link.reason = link.why_closed(event)
                     if event.code in FATAL_CODES and event.code != "bad-credentials":
                         self._give_up(event.reason)
                 elif isinstance(event, TimedOut):
@@ -912,7 +931,7 @@ class _Registration:
             if isinstance(event, Received) and isinstance(event.message, m.Registered | m.Error):
                 self.reply.set_result(event.message)
             elif isinstance(event, Closed):
-                self.reply.set_exception(BrokenResourceError(event.reason))
+                self.reply.set_exception(BrokenResourceError(link.why_closed(event)))
 
 
 async def register(
@@ -947,7 +966,7 @@ async def register(
             timeout,
         )
     except (OSError, TimeoutError) as exc:
-        raise BrokenResourceError(f"cannot reach the hub at {host}:{port}: {exc}") from exc
+        raise BrokenResourceError(f"cannot reach the hub at {host}:{port}: {_why(exc)}") from exc
     try:
         if context is not None and pins is not None:
             pins.check(f"{host}:{port}", peer_fingerprint(transport.get_extra_info("ssl_object")))
