@@ -59,3 +59,26 @@ def test_buffer_stays_bounded_while_waiting() -> None:
     for _ in range(10):
         decoder.feed(b"x" * 100_000)
     assert decoder.buffered <= (1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("first", "named"),
+    [
+        (b"\x16\x03\x01\x02\x00\x01", "the start of a TLS handshake"),  # a ClientHello
+        (b"GET / HTTP/1.1\r\n", "an HTTP request"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "an SSH banner"),
+    ],
+)
+def test_another_protocol_is_named_in_the_refusal(first: bytes, named: str) -> None:
+    # Fresh, and after a partial header: both ways into the length check.
+    for head in (b"", first[:2]):
+        decoder = FrameDecoder(1 << 20)
+        assert decoder.feed(head) == []
+        with pytest.raises(PayloadTooBig, match=f"1048576 \\(those bytes are .*{named}"):
+            decoder.feed(first[len(head) :])
+
+
+def test_a_plain_oversized_length_names_nothing() -> None:
+    with pytest.raises(PayloadTooBig) as refused:
+        FrameDecoder(16).feed((17).to_bytes(4, "big"))
+    assert str(refused.value) == "frame of 17 bytes announced; the limit is 16"

@@ -24,6 +24,28 @@ def encode_frame(body: bytes) -> bytes:
     return len(body).to_bytes(HEADER, "big") + body
 
 
+# What other protocols' first four bytes announce, read as a length prefix (the
+# usual way a duplex port meets them): named in the refusal, so that the log of the
+# end that refuses says what was wrong, not just that a frame was too big.
+_FOREIGN = (
+    (0x16030000, 0x160304FF, "the start of a TLS handshake: one end uses TLS, the other not"),
+    (0x47455420, 0x47455420, "'GET ': an HTTP request"),
+    (0x504F5354, 0x504F5354, "'POST': an HTTP request"),
+    (0x48454144, 0x48454144, "'HEAD': an HTTP request"),
+    (0x48545450, 0x48545450, "'HTTP': an HTTP response"),
+    (0x5353482D, 0x5353482D, "'SSH-': an SSH banner"),
+)
+
+
+def _too_big(need: int, limit: int) -> PayloadTooBig:
+    for low, high, what in _FOREIGN:
+        if low <= need <= high:
+            return PayloadTooBig(
+                f"frame of {need} bytes announced; the limit is {limit} (those bytes are {what})"
+            )
+    return PayloadTooBig(f"frame of {need} bytes announced; the limit is {limit}")
+
+
 class FrameDecoder:
     """Splits a byte stream into frame bodies, refusing oversized ones early.
 
@@ -78,9 +100,7 @@ class FrameDecoder:
                 if need > self.max_size:
                     self._need = need
                     del buf[:]
-                    raise PayloadTooBig(
-                        f"frame of {need} bytes announced; the limit is {self.max_size}"
-                    )
+                    raise _too_big(need, self.max_size)
                 pos += HEADER
             if size - pos < need:
                 break
@@ -101,9 +121,7 @@ class FrameDecoder:
             need = (data[pos] << 24) | (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
             if need > self.max_size:
                 self._need = need
-                raise PayloadTooBig(
-                    f"frame of {need} bytes announced; the limit is {self.max_size}"
-                )
+                raise _too_big(need, self.max_size)
             start = pos + HEADER
             if size - start < need:
                 break
