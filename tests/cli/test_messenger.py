@@ -166,6 +166,12 @@ def test_send_while_hub_is_down_stays_in_outbox(tmp_path: Path) -> None:
         assert f"stays in the outbox and goes out at the next login to 127.0.0.1:{port}" in (
             queued.stderr
         )
+        unreachable = duplex(tmp_path, hub, "inbox", "--user", "alice", "--wait", "0.5")
+        assert unreachable.returncode == 1
+        assert unreachable.stderr == (
+            f"Error: cannot reach the hub at 127.0.0.1:{port}: connection refused: no hub "
+            "listens there\n"
+        )
     with HubProcess(tmp_path / "hub", port=port) as hub:
         # Any later command of alice's logs in and flushes the outbox.
         assert duplex(tmp_path, hub, "inbox", "--user", "alice").returncode == 0

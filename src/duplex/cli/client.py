@@ -144,15 +144,21 @@ async def _client(config: ClientConfig, *, password: str | None = None) -> Any:
     return client
 
 
+def _unreachable(client: Any, config: ClientConfig) -> click.ClickException:
+    why = f": {client.state_detail}" if client.state_detail else ""
+    return click.ClickException(f"cannot reach the hub at {config.hub}{why}")
+
+
 SAY_WAITING = 1.0
 """Seconds without the hub before a command says it waits (see :func:`_online`)."""
 
 
-async def _online(client: Any, config: ClientConfig, timeout: float) -> bool:
+async def _online(client: Any, config: ClientConfig, timeout: float, flag: str = "") -> bool:
     """Waits to be logged in; saves a new token. False when the hub is unreachable.
 
     If the hub has not answered after :data:`SAY_WAITING` seconds, says so on stderr
-    (why, and for how long it keeps trying) instead of sitting silent."""
+    (why, and for how long it keeps trying: ``flag`` is the option that sets it)
+    instead of sitting silent."""
     first = min(timeout, SAY_WAITING)
     try:
         try:
@@ -163,7 +169,7 @@ async def _online(client: Any, config: ClientConfig, timeout: float) -> bool:
             why = f" ({client.state_detail})" if client.state_detail else ""
             click.echo(
                 f"the hub at {config.hub} does not answer{why}; trying for "
-                f"{timeout - first:g} s more (--wait)",
+                f"{timeout - first:g} s more" + (f" ({flag})" if flag else ""),
                 err=True,
             )
             await client.wait_online(timeout - first)
@@ -243,7 +249,7 @@ def login_cmd(as_json: bool, **kw: Any) -> None:
         await client.start()
         try:
             if not await _online(client, config, 10):
-                raise click.ClickException(f"cannot reach the hub at {config.hub}")
+                raise _unreachable(client, config)
         finally:
             await _finish(client)
         click.echo(json.dumps({"user": config.user}) if as_json else f"logged in as {config.user}")
@@ -313,7 +319,7 @@ def send_cmd(to: str, text: str, wait: float, delivered: bool, as_json: bool, **
         client = await _client(config)
         try:
             msg_id = await client.send(to, text)
-            online = await _online(client, config, wait)
+            online = await _online(client, config, wait, "--wait")
             state = "queued"
             if online:
                 with contextlib.suppress(TimeoutError):
@@ -402,8 +408,8 @@ def inbox_cmd(follow: bool, wait: float, as_json: bool, **kw: Any) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
         try:
-            if not await _online(client, config, wait):
-                raise click.ClickException(f"cannot reach the hub at {config.hub}")
+            if not await _online(client, config, wait, "--wait"):
+                raise _unreachable(client, config)
             target = client.hub_last_seq
             while True:
                 try:
@@ -447,7 +453,7 @@ def _contacts_action(action: str) -> Callable[..., None]:
             client = await _client(config)
             try:
                 if not await _online(client, config, 10):
-                    raise click.ClickException(f"cannot reach the hub at {config.hub}")
+                    raise _unreachable(client, config)
                 if action == "add":
                     assert contact is not None
                     await client.add_contact(contact)
