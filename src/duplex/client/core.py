@@ -336,9 +336,9 @@ class Client:
         self.ticket_key = b""
         self.observed = ""
         self.hub_last_seq = 0
+        """The hub's last mailbox sequence for us at login: caught up when we hold it."""
         self.state_detail = ""
         """Why the connection is in its :attr:`state` (e.g. the last connect error)."""
-        """The hub's last mailbox sequence for us at login: caught up when we hold it."""
         self.hub_local: tuple[str, int] | None = None
         """Our end of the hub connection (the port hole punching reuses)."""
         self.loop = asyncio.get_running_loop()

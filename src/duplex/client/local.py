@@ -255,9 +255,9 @@ class LocalStore:
         return [OutgoingMessage(bytes(r[0]), r[1], r[2], r[3]) for r in rows]
 
     def undelivered(self, peer: str) -> list[OutgoingMessage]:
-        """Our messages to ``peer`` on the bound hub that no device of it has acknowledged
-        yet (``queued`` or ``stored``), oldest first: what a new path to ``peer`` must carry before
-        anything newer, so that nothing overtakes them."""
+        """Our messages to ``peer`` on the bound hub that no device of it has
+        acknowledged yet (``queued`` or ``stored``), oldest first: what a new path to
+        ``peer`` must carry before anything newer, so that nothing overtakes them."""
         with map_exceptions(_ERRORS):
             rows = self._db.execute(
                 "SELECT id, peer, body, ts FROM messages WHERE peer = ? AND direction = 'out' "

@@ -468,8 +468,9 @@ class Hub:
         if _gone(conn):
             return
         if msg.store and msg.store != self.store.store_id:
-            # The device's sequence counts in another store (another hub, or this
-            # hub's data dir replaced): here it would skip as many entries. All of them.
+            # The device's sequence counts in another store (another hub's, or this
+            # hub's before its data dir was replaced): taken here, it would skip that
+            # many entries of this mailbox. It gets all of them.
             log.info(
                 "%s (device %s) holds sequence %d of another store: sending its mailbox "
                 "from the start",
