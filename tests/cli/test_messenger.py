@@ -275,3 +275,30 @@ def test_a_second_hub_on_one_data_dir_refuses_to_start(tmp_path: Path, hub: HubP
     assert "listening" not in second.stdout
     assert time.monotonic() - started < 30  # it waited for the lock, then gave up
     assert duplex(tmp_path, hub, "register", "--user", "carol", password="carol-pw").returncode == 0
+
+
+def test_an_unusable_data_dir_is_one_line(tmp_path: Path) -> None:
+    # Before: a traceback of pathlib's mkdir from `duplex serve`.
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    env = dict(os.environ, DUPLEX_CONFIG_DIR=str(tmp_path / "conf"), DUPLEX_PASSWORD="x")
+    cases = [
+        (["serve", "--port", "0", "--data-dir", str(afile)], f"the data dir {afile} exists "),
+        (["serve", "--port", "0", "--data-dir", "/proc/duplex-nope"], "cannot make the data "),
+        (
+            ["inbox", "--user", "bob", "--data-dir", str(afile), "--wait", "0.5"],
+            f"cannot use {afile / 'bob'} for the client's data: Not a directory",
+        ),
+    ]
+    for args, words in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "duplex", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.startswith(f"Error: {words}"), done.stderr
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

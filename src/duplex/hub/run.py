@@ -21,6 +21,7 @@ from typing import Any
 
 from duplex.broker import open_broker
 from duplex.config import DEFAULT_BACKLOG, HubConfig, ListenerConfig
+from duplex.errors import ConfigError
 from duplex.hub.accounts import PasswordHasher
 from duplex.hub.admin import start_admin
 from duplex.hub.core import Hub
@@ -106,7 +107,12 @@ async def serve_hub(
     """
     loop = asyncio.get_running_loop()
     data_dir = config.data_path()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"the data dir {data_dir} exists and is not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot make the data dir {data_dir}: {exc.strerror}") from None
     url = config.store_url()
     options: dict[str, Any] = {}
     if not url.startswith(("postgresql://", "postgres://")):
