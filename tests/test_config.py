@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from duplex.config import EchoConfig, ListenerConfig, config_file_path, resolve
+from duplex.config import EchoConfig, HubConfig, ListenerConfig, config_file_path, resolve
 from duplex.errors import ConfigError
 
 
@@ -82,3 +82,14 @@ def test_config_file_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     file = _file(tmp_path, "")
     monkeypatch.setenv("DUPLEX_CONFIG", str(file))
     assert config_file_path() == file
+
+
+def test_a_certificate_and_a_key_turn_tls_on() -> None:
+    # Before: without --tls files, the hub ignored them and spoke plain TCP.
+    assert HubConfig(tls_cert="c.pem", tls_key="k.pem").tls == "files"
+    assert HubConfig(tls="off", tls_cert="c.pem", tls_key="k.pem").tls == "files"
+    assert HubConfig().tls == "off"
+    with pytest.raises(ConfigError, match="needs --tls-cert and --tls-key"):
+        HubConfig(tls_cert="c.pem")
+    with pytest.raises(ConfigError, match="self-signed makes its own certificate"):
+        HubConfig(tls="self-signed", tls_key="k.pem")

@@ -170,10 +170,10 @@ class HubConfig:
     """``off``, ``self-signed`` (a certificate made once in data_dir), or ``files``."""
 
     tls_cert: str = ""
-    """PEM certificate chain (with ``tls = "files"``)."""
+    """PEM certificate chain; with ``tls_key``, TLS is on (``tls = "files"``)."""
 
     tls_key: str = ""
-    """PEM private key (with ``tls = "files"``)."""
+    """PEM private key; with ``tls_cert``, TLS is on (``tls = "files"``)."""
 
     heartbeat: float = 5.0
     """Seconds between client heartbeats (told to clients at login)."""
@@ -234,6 +234,15 @@ class HubConfig:
             raise ConfigError(f"port {self.port} is out of range 0..65535")
         if self.tls not in ("off", "self-signed", "files"):
             raise ConfigError(f"tls must be off, self-signed or files, not {self.tls!r}")
+        if self.tls != "files" and (self.tls_cert or self.tls_key):
+            if self.tls == "self-signed":
+                raise ConfigError(
+                    "tls = self-signed makes its own certificate: drop --tls-cert and "
+                    "--tls-key, or give both with tls = files"
+                )
+            # A certificate and a key say what is meant: TLS with them (not a hub
+            # that silently speaks plain TCP).
+            object.__setattr__(self, "tls", "files")
         if self.tls == "files" and not (self.tls_cert and self.tls_key):
             raise ConfigError("tls = files needs --tls-cert and --tls-key")
         if self.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):

@@ -10,7 +10,7 @@ import pytest
 from duplex.client import Client, PinStore, register
 from duplex.errors import AuthError, BrokenResourceError
 from duplex.testing.hubs import hub_test_config, running_hub
-from duplex.tls import format_fingerprint
+from duplex.tls import ensure_certificate, format_fingerprint
 
 
 def test_trust_on_first_use_then_refuse_a_changed_certificate(tmp_path: Path) -> None:
@@ -79,5 +79,19 @@ def test_tls_on_one_side_only_is_named_as_the_cause(tmp_path: Path) -> None:
                 assert any(words in detail for detail in details), details
                 assert client.state == "reconnecting" and client.fatal == ""
                 await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_hub_with_certificate_files_speaks_tls(tmp_path: Path) -> None:
+    cert, key, fingerprint = ensure_certificate(tmp_path / "pki", "hub", "test hub")
+    config = hub_test_config(tmp_path / "hub", tls_cert=str(cert), tls_key=str(key))
+
+    async def scenario() -> None:
+        async with running_hub(config) as hub:
+            assert hub.info.fingerprint == fingerprint
+            pins = PinStore(tmp_path / "known_hubs")
+            await register(hub.address, "alice", "correct horse", tls=True, pins=pins)
+            assert pins.pinned(f"{hub.address[0]}:{hub.address[1]}") == fingerprint
 
     asyncio.run(scenario())

@@ -42,8 +42,12 @@ __all__ = ["serve"]
     default=None,
     help="TLS mode.  [default: off]",
 )
-@click.option("--tls-cert", default=None, metavar="PEM", help="Certificate (with --tls files).")
-@click.option("--tls-key", default=None, metavar="PEM", help="Private key (with --tls files).")
+@click.option(
+    "--tls-cert", default=None, metavar="PEM", help="Certificate chain; with --tls-key, TLS is on."
+)
+@click.option(
+    "--tls-key", default=None, metavar="PEM", help="Private key; with --tls-cert, TLS is on."
+)
 @click.option("--heartbeat", type=float, default=None, help="Client heartbeat, s.  [default: 5]")
 @click.option("--grace", type=float, default=None, help="Silence before offline, s.  [default: 15]")
 @click.option("--auth-timeout", type=float, default=None, help="Time to log in, s.  [default: 10]")
