@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -302,3 +303,25 @@ def test_an_unusable_data_dir_is_one_line(tmp_path: Path) -> None:
         assert done.returncode == 1, done.stderr
         assert done.stderr.startswith(f"Error: {words}"), done.stderr
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_an_admin_address_in_use_stops_the_hub_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--port", "0", "--data-dir", str(tmp_path / "hub"), "--admin", f"127.0.0.1:{port}"]
+        done = subprocess.run(
+            [sys.executable, "-m", "duplex", "serve", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert done.stderr.endswith(
+        f"Error: the admin listener's 127.0.0.1:{port} is already in use (is another server "
+        "listening there?)\n"
+    ), done.stderr
+    # The hub's tasks stopped with it: none ran on against the closed store.
+    assert "WARNING" not in done.stderr and "Traceback" not in done.stderr, done.stderr

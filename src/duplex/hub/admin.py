@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from duplex.errors import ConfigError
 from duplex.hub.core import Hub
+from duplex.server.listener import bind_error
 
 __all__ = ["start_admin"]
 
@@ -34,7 +35,8 @@ async def start_admin(hub: Hub, address: str) -> asyncio.Server:
     """Starts the admin listener on ``address`` (``host:port``; port 0 picks one).
 
     Raises:
-        ConfigError: the address is malformed or cannot be bound.
+        ConfigError: the address is malformed.
+        BindError: it cannot be bound (in use, not a local address, privileged).
     """
     host, port = _parse_address(address)
 
@@ -72,4 +74,4 @@ async def start_admin(hub: Hub, address: str) -> asyncio.Server:
     try:
         return await asyncio.start_server(serve, host, port, limit=MAX_REQUEST)
     except OSError as exc:
-        raise ConfigError(f"cannot bind the admin listener on {address}: {exc.strerror}") from exc
+        raise bind_error(exc, f"the admin listener's {address}") from exc

@@ -134,8 +134,10 @@ async def serve_hub(
     hub = Hub(config, store, broker, hasher=hasher)
     if on_hub is not None:
         on_hub(hub)
+    started = closed = False
     try:
         await hub.start()
+        started = True
         server = await loop.create_server(
             hub.protocol_factory, sock=listener.sock, ssl=context, backlog=listener.backlog
         )
@@ -191,9 +193,12 @@ async def serve_hub(
         server.close()
         if admin is not None:
             admin.close()
+        closed = True
         await hub.close()
         await server.wait_closed()
     finally:
+        if started and not closed:  # set-up failed after the hub started its tasks
+            await hub.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.remove_signal_handler(sig)

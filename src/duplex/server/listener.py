@@ -23,6 +23,7 @@ from duplex.protocol.handler import Endpoint
 __all__ = [
     "Listener",
     "NofileLimit",
+    "bind_error",
     "bound_address",
     "create_listener",
     "create_udp_socket",
@@ -139,7 +140,8 @@ def bound_address(sock: socket.socket) -> Endpoint:
     return Endpoint.from_sockaddr(sock.getsockname())
 
 
-def _bind_error(exc: OSError, where: str) -> BindError:
+def bind_error(exc: OSError, where: str) -> BindError:
+    """Says why binding ``where`` failed, in words, from the ``errno`` of ``exc``."""
     if exc.errno == errno.EADDRINUSE:
         return BindError(f"{where} is already in use (is another server listening there?)")
     if exc.errno == errno.EACCES:
@@ -197,7 +199,7 @@ def create_listener(
                 sock.listen(config.backlog)
         except OSError as exc:
             sock.close()
-            raise _bind_error(exc, f"unix:{config.unix}") from exc
+            raise bind_error(exc, f"unix:{config.unix}") from exc
         return Listener(
             sock, Endpoint(config.unix, -1), config.backlog, effective, somaxconn, config
         )
@@ -218,7 +220,7 @@ def create_listener(
             sock.listen(config.backlog)
     except OSError as exc:
         sock.close()
-        raise _bind_error(exc, where) from exc
+        raise bind_error(exc, where) from exc
     return Listener(sock, bound_address(sock), config.backlog, effective, somaxconn, config)
 
 
@@ -240,5 +242,5 @@ def create_udp_socket(
         sock.bind(sockaddr)  # type: ignore[arg-type]
     except OSError as exc:
         sock.close()
-        raise _bind_error(exc, f"udp {Endpoint.from_sockaddr(sockaddr)}") from exc
+        raise bind_error(exc, f"udp {Endpoint.from_sockaddr(sockaddr)}") from exc
     return sock
