@@ -22,6 +22,8 @@ Every error duplex raises on purpose is a :class:`DuplexError`. Foreign exceptio
     │   └── BindError               the listener could not be set up (in use, bad host)
     ├── RemoteError                 the hub answered Error{code, message}
     │   └── AuthError               bad credentials, unknown user, throttled login
+    ├── Unsendable                  a message the wire cannot carry (too long, a bad
+    │                               recipient name): refused before it is queued
     ├── StoreError                  a Store backend failed
     │   └── StoreCorrupt            the store failed its integrity check
     ├── BrokerError                 a Broker backend failed
@@ -66,6 +68,7 @@ __all__ = [
     "StoreError",
     "TransportError",
     "UnknownModel",
+    "Unsendable",
     "UnsupportedVersion",
     "map_exceptions",
 ]
@@ -168,6 +171,11 @@ class RemoteError(DuplexError):
 
 class AuthError(RemoteError):
     """Bad credentials, an unknown user, or a throttled login."""
+
+
+class Unsendable(DuplexError):
+    """A message the protocol cannot carry: refused before it is queued (the hub would
+    close the connection over it, and every resend would do the same)."""
 
 
 class StoreError(DuplexError):

@@ -325,3 +325,44 @@ def test_an_admin_address_in_use_stops_the_hub_in_one_line(tmp_path: Path) -> No
     ), done.stderr
     # The hub's tasks stopped with it: none ran on against the closed store.
     assert "WARNING" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_inbox_prints_what_another_command_received(tmp_path: Path, hub: HubProcess) -> None:
+    # Before: `duplex send` as bob received alice's message, acked it (alice saw
+    # "delivered") and printed nothing; `duplex inbox` then said "no new messages".
+    for user in ("alice", "bob"):
+        assert (
+            duplex(tmp_path, hub, "register", "--user", user, password="pw-" + user * 2).returncode
+            == 0
+        )
+    sent = duplex(tmp_path, hub, "send", "bob", "while you were out", "--user", "alice")
+    assert sent.returncode == 0, sent.stderr
+    reply = duplex(tmp_path, hub, "send", "alice", "sent before reading", "--user", "bob")
+    assert reply.returncode == 0, reply.stderr
+    assert "while you were out" not in reply.stdout
+    inbox = duplex(tmp_path, hub, "inbox", "--user", "bob", "--json")
+    assert inbox.returncode == 0, inbox.stderr
+    assert [json.loads(line)["text"] for line in inbox.stdout.splitlines()] == [
+        "while you were out"
+    ]
+    again = duplex(tmp_path, hub, "inbox", "--user", "bob")
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "no new messages\n")
+
+
+def test_a_message_too_long_for_the_wire_is_refused_before_it_is_queued(
+    tmp_path: Path, hub: HubProcess
+) -> None:
+    # Before: it was queued, and every login resent it and was cut off for it
+    # ("frame of 2000051 bytes announced"), so nothing after it ever went out.
+    for user in ("alice", "bob"):
+        assert (
+            duplex(tmp_path, hub, "register", "--user", user, password="pw-" + user * 2).returncode
+            == 0
+        )
+    long = duplex(tmp_path, hub, "send", "bob", "-", "--user", "alice", stdin="x" * 70_000)
+    assert long.returncode == 1
+    assert long.stderr == "Error: a message is at most 65,536 characters; this one has 70,000\n"
+    fits = duplex(tmp_path, hub, "send", "bob", "-", "--user", "alice", stdin="y" * 65_536)
+    assert fits.returncode == 0, fits.stderr
+    inbox = duplex(tmp_path, hub, "inbox", "--user", "bob", "--json")
+    assert [len(json.loads(line)["text"]) for line in inbox.stdout.splitlines()] == [65_536]

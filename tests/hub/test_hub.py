@@ -20,7 +20,8 @@ from duplex.client import (
     new_message_id,
     register,
 )
-from duplex.errors import AuthError, RemoteError, StoreError
+from duplex.client.local import LocalStore
+from duplex.errors import AuthError, RemoteError, StoreError, Unsendable
 from duplex.hub import core
 from duplex.hub.core import LiveSession
 from duplex.store.base import Entry
@@ -717,5 +718,37 @@ def test_a_message_written_for_one_hub_never_goes_out_through_another(tmp_path: 
             alice_a = await new_client(a.address, "alice", register_first=False, data_dir=data)
             assert await _inbox(a.address, tmp_path / "bob-device", 1) == ["for A"]
             await alice_a.close()
+
+    run(scenario())
+
+
+def test_an_outbox_message_the_wire_cannot_carry_fails_instead_of_blocking(
+    tmp_path: Path,
+) -> None:
+    # Written before Client.send refused it (or by another program): at each login it
+    # was resent, the hub closed the connection over it, and nothing after it went out.
+    async def scenario() -> None:
+        data = tmp_path / "alice-device"
+        async with running_hub(hub_test_config(tmp_path / "hub")) as hub:
+            bob = await new_client(hub.address, "bob")
+            first = await new_client(hub.address, "alice", data_dir=data)
+            await first.close()
+            local = LocalStore(data / "local.db")
+            local.bind(f"{hub.address[0]}:{hub.address[1]}")
+            poison = new_message_id()
+            local.add_outgoing("bob", "z" * (m.MAX_TEXT + 1), poison, 1)
+            local.add_outgoing("bob", "after it", new_message_id(), 2)
+            local.close()
+            alice = await new_client(hub.address, "alice", register_first=False, data_dir=data)
+            got = await wait_for_event(bob, MessageReceived)
+            assert got.body == "after it"
+            state, _ = alice.state_of(poison) or ("?", None)
+            assert state == "failed"
+            reason = alice.local.line_of(poison, outgoing=True)
+            assert reason is not None and "at most 65,536 characters" in reason.reason
+            with pytest.raises(Unsendable, match="this one has 65,537"):
+                await alice.send("bob", "z" * (m.MAX_TEXT + 1))
+            await alice.close()
+            await bob.close()
 
     run(scenario())

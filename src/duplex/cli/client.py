@@ -375,16 +375,27 @@ def inbox_cmd(follow: bool, wait: float, as_json: bool, **kw: Any) -> None:
         client = await _client(config)
         shown = False  # a message, printed
 
-        def show(event: object) -> None:
+        def print_new() -> None:
+            # From the local history, not from the events: a message that another
+            # command's client received (and acked: its sender saw "delivered") is
+            # printed here too, once.
             nonlocal shown
-            if isinstance(event, MessageReceived):
-                shown = True
+            lines = client.local.unprinted()
+            for line in lines:
                 if as_json:
-                    row = {"from": event.peer, "id": event.id.hex(), "ts": event.ts}
-                    row.update(path=event.path, text=event.body)
+                    row = {"from": line.peer, "id": line.id.hex(), "ts": line.ts}
+                    row.update(path=line.path, text=line.body)
                     click.echo(json.dumps(row))
                 else:
-                    click.echo(f"[{_fmt_time(event.ts)}] {event.peer}: {event.body}")
+                    click.echo(f"[{_fmt_time(line.ts)}] {line.peer}: {line.body}")
+            if lines:
+                shown = True
+                sys.stdout.flush()
+                client.local.set_printed(lines[-1].n)
+
+        def show(event: object) -> None:
+            if isinstance(event, MessageReceived):
+                print_new()
             elif follow and isinstance(event, PresenceChanged) and not as_json:
                 click.echo(f"* {event.user} is {'online' if event.online else 'offline'}", err=True)
             elif follow and isinstance(event, ConnectionStateChanged) and not as_json:
@@ -400,14 +411,14 @@ def inbox_cmd(follow: bool, wait: float, as_json: bool, **kw: Any) -> None:
             nonlocal stopped
             if not stopped:
                 stopped = True
-                for event in client.pending_events():
-                    show(event)
+                print_new()
                 task.cancel()
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
         try:
+            print_new()  # what earlier commands received, even with the hub away
             if not await _online(client, config, wait, "--wait"):
                 raise _unreachable(client, config)
             target = client.hub_last_seq
@@ -429,9 +440,8 @@ def inbox_cmd(follow: bool, wait: float, as_json: bool, **kw: Any) -> None:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            print_new()  # (what arrives while the client closes waits for the next run)
             await _finish(client)
-            for event in client.pending_events():  # arrived (and acked) while closing
-                show(event)
 
     _run(main())
 

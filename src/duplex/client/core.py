@@ -46,6 +46,7 @@ from duplex.errors import (
     ClosedResourceError,
     DuplexError,
     RemoteError,
+    Unsendable,
 )
 from duplex.protocol.events import Closed, Event, Received, TimedOut
 from duplex.protocol.hub import HubClientSession, SessionConfig
@@ -53,7 +54,7 @@ from duplex.timers import LazyTimer
 from duplex.tls import PinMismatch, client_context, format_fingerprint, peer_fingerprint
 from duplex.wire import messages as m
 
-__all__ = ["Client", "PinStore", "Router", "new_message_id", "register"]
+__all__ = ["Client", "PinStore", "Router", "new_message_id", "register", "unsendable"]
 
 log = logging.getLogger("duplex.client")
 
@@ -249,6 +250,16 @@ class _HubLink(asyncio.Protocol):
                 self.abort()  # the hub went silent: do not wait for TCP to give up
         self.flush()
         self._timer.arm()
+
+
+def unsendable(to: str, text: str) -> str:
+    """Why the wire cannot carry ``text`` to ``to`` (the hub would close the connection
+    over it), or ``""``."""
+    if not 1 <= len(to) <= m.MAX_NAME:
+        return f"{to!r} cannot be a user name (1 to {m.MAX_NAME} characters)"
+    if len(text) > m.MAX_TEXT:
+        return f"a message is at most {m.MAX_TEXT:,} characters; this one has {len(text):,}"
+    return ""
 
 
 TLS_HINT = "--tls"
@@ -494,7 +505,14 @@ class Client:
 
         Returns:
             The message id (UUIDv7); follow it with :meth:`wait_state` or the events.
+
+        Raises:
+            Unsendable: the wire cannot carry it (see :func:`unsendable`); nothing is
+                queued.
         """
+        why = unsendable(to, text)
+        if why:
+            raise Unsendable(why)
         now = int(time.time() * 1000)
         msg_id = new_message_id(now)
         self.local.add_outgoing(to, text, msg_id, now)
@@ -789,6 +807,10 @@ class Client:
         self._set_state("online")
         # Everything not yet confirmed by the hub goes (again), oldest first.
         for out in self.local.queued():
+            why = unsendable(out.peer, out.body)
+            if why:  # written before this check existed: it would end every login
+                self.message_state(out.id, out.peer, "failed", None, why)
+                continue
             if self.router is None or not self.router.route(
                 self, out.id, out.peer, out.body, out.ts
             ):

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS messages (
     path      TEXT,
     reason    TEXT NOT NULL DEFAULT '',
     store     TEXT NOT NULL DEFAULT '',  -- for 'out': the hub store it is for (see bind)
+    printed   INTEGER NOT NULL DEFAULT 1,  -- for 'in': 0 until `duplex inbox` printed it
     UNIQUE (peer, id, direction)
 );
 CREATE INDEX IF NOT EXISTS messages_queued ON messages (state) WHERE state = 'queued';
@@ -113,6 +114,13 @@ class LocalStore:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
             if "store" not in columns:  # a file from before stores had names
                 self._db.execute("ALTER TABLE messages ADD COLUMN store TEXT NOT NULL DEFAULT ''")
+            if "printed" not in columns:  # what an older inbox had, it printed (or lost)
+                self._db.execute(
+                    "ALTER TABLE messages ADD COLUMN printed INTEGER NOT NULL DEFAULT 1"
+                )
+            self._db.execute(
+                "CREATE INDEX IF NOT EXISTS messages_unprinted ON messages (n) WHERE printed = 0"
+            )
         self._in_tx = False
         self._hub = ""
         self._outbox = ""  # what new outgoing messages are bound to ('': any hub)
@@ -303,11 +311,30 @@ class LocalStore:
         """Records a message for us; False when ``(peer, id)`` was already here."""
         with map_exceptions(_ERRORS):
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO messages (peer, id, direction, body, ts, state, path) "
-                "VALUES (?, ?, 'in', ?, ?, 'delivered', ?)",
+                "INSERT OR IGNORE INTO messages "
+                "(peer, id, direction, body, ts, state, path, printed) "
+                "VALUES (?, ?, 'in', ?, ?, 'delivered', ?, 0)",
                 (peer, msg_id, body, ts, path),
             )
         return cursor.rowcount == 1
+
+    def unprinted(self) -> list[StoredLine]:
+        """Messages for us that ``duplex inbox`` has not printed yet, in arrival order:
+        whichever command's client received (and acked) them, ``inbox`` prints them,
+        not only those that arrive while it runs. (Lines imported from the hub's
+        history are not new, and count as printed.)"""
+        with map_exceptions(_ERRORS):
+            rows = self._db.execute(
+                f"SELECT {_LINE_COLUMNS} FROM messages WHERE printed = 0 ORDER BY n"
+            ).fetchall()
+        return [_line(row) for row in rows]
+
+    def set_printed(self, upto: int) -> None:
+        """Records that the messages of :meth:`unprinted` up to row ``upto`` were printed."""
+        with map_exceptions(_ERRORS):
+            self._db.execute(
+                "UPDATE messages SET printed = 1 WHERE printed = 0 AND n <= ?", (upto,)
+            )
 
     def set_last_seq(self, seq: int) -> None:
         """Records the highest mailbox sequence held here."""

@@ -27,7 +27,7 @@ from duplex.client import (
     PresenceChanged,
 )
 from duplex.client.local import ImportedLine, StoredLine
-from duplex.errors import DuplexError
+from duplex.errors import DuplexError, Unsendable
 from duplex.tui.backend import ChatClient
 from duplex.tui.commands import Command, CommandError, parse_command
 from duplex.tui.format import Clock
@@ -369,9 +369,13 @@ class ChatScreen(Screen[None]):
             self.notify("Open a conversation first: pick a contact or /add NAME.",
                         severity="warning")  # fmt: skip
             return False
+        try:
+            msg_id = await self.client.send(peer, text)
+        except Unsendable as exc:
+            self.notify(f"Not sent: {exc}.", severity="error")
+            return False  # the text stays in the composer
         self.drafts[peer] = ""
         self._dirty_drafts.add(peer)
-        msg_id = await self.client.send(peer, text)
         line = self.client.local.line_of(msg_id, outgoing=True)
         if line is not None and self.current == peer and self.timeline is not None:
             self._show_own(line)
@@ -389,7 +393,8 @@ class ChatScreen(Screen[None]):
 
         async def decided(choice: str | None) -> None:
             if choice == "send":
-                await self.send_text(event.text)
+                if not await self.send_text(event.text):
+                    self.composer.insert(event.text)  # not lost: it can be cut down
             elif choice == "edit":
                 self.composer.insert(event.text)
             self.composer.focus()

@@ -24,6 +24,8 @@ from duplex.wire.frames import encode_frame
 __all__ = [
     "CLIENT_MESSAGES",
     "HUB_MESSAGES",
+    "MAX_NAME",
+    "MAX_TEXT",
     "PEER_MESSAGES",
     "PROTO_VERSION",
     "Ack",
@@ -66,12 +68,16 @@ __all__ = [
 PROTO_VERSION = 1
 """The protocol version this code speaks (``Hello.proto``)."""
 
-NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+MAX_NAME = 64
+"""The longest user name, device id or session id on the wire, in characters."""
+NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
 """A user name, device id or session id on the wire (the hub validates further)."""
 SECRET = Annotated[str, msgspec.Meta(max_length=1024)]
 """A password or token."""
-TEXT = Annotated[str, msgspec.Meta(max_length=65536)]
-"""A message body: at most 64 Ki characters."""
+MAX_TEXT = 65536
+"""The longest message body, in characters (a frame holds it in any UTF-8)."""
+TEXT = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+"""A message body: at most :data:`MAX_TEXT` characters."""
 SHORT = Annotated[str, msgspec.Meta(max_length=256)]
 """Agents, error codes, endpoints, fingerprints."""
 ID = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
