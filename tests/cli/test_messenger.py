@@ -366,3 +366,15 @@ def test_a_message_too_long_for_the_wire_is_refused_before_it_is_queued(
     assert fits.returncode == 0, fits.stderr
     inbox = duplex(tmp_path, hub, "inbox", "--user", "bob", "--json")
     assert [len(json.loads(line)["text"]) for line in inbox.stdout.splitlines()] == [65_536]
+
+
+def test_logout_forgets_the_token_quietly(tmp_path: Path, hub: HubProcess) -> None:
+    assert duplex(tmp_path, hub, "register", "--user", "alice", password="alice-pw").returncode == 0
+    assert len(list((tmp_path / "conf" / "tokens").iterdir())) == 1
+    out = duplex(tmp_path, hub, "logout", "--user", "alice")
+    # (It printed "hub error: logged out (bye)": the hub's goodbye to our own Logout.)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "logged out\n", "")
+    assert list((tmp_path / "conf" / "tokens").iterdir()) == []
+    again = duplex(tmp_path, hub, "who", "--user", "alice")  # no token, no password
+    assert again.returncode == 2
+    assert "no password: set DUPLEX_PASSWORD or run in a terminal" in again.stderr

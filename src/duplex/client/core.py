@@ -919,7 +919,10 @@ class Client:
             peer = self._peer_of(error.id)
             self.message_state(error.id, peer, "failed", None, f"{error.code}: {error.message}")
             return
-        log.warning("hub error: %s (%s)", error.message, error.code)
+        # The hub's last word before it closes the connection: "bye" answers our own
+        # Logout; the rest (shutdown, replaced, slow-consumer, ...) are worth a line.
+        level = logging.DEBUG if error.code == "bye" else logging.WARNING
+        log.log(level, "hub error: %s (%s)", error.message, error.code)
 
     def _peer_of(self, msg_id: bytes) -> str:
         for out in self.local.queued():
