@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from duplex.client.local import LocalStore
+from duplex.client.local import ImportedLine, LocalStore
 
 # The file as clients wrote it before hub stores had names: one sequence, and
 # outgoing messages bound to no hub.
@@ -89,3 +89,24 @@ def test_a_file_from_before_stores_had_names(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         keys = {row[0] for row in db.execute("SELECT key FROM meta")}
     assert "last_seq" not in keys and "last_seq:A" in keys  # moved to the store it was
+
+
+def test_inbox_prints_each_message_once_and_not_what_was_read_elsewhere(
+    tmp_path: Path,
+) -> None:
+    local = LocalStore(tmp_path / "local.db")
+    local.add_incoming("bob", b"\1" * 16, "one", 10, "relayed")
+    local.add_incoming("carol", b"\2" * 16, "two", 20, "stored")
+    local.add_incoming("bob", b"\3" * 16, "three", 30, "direct")
+    assert not local.add_incoming("bob", b"\1" * 16, "one", 10, "relayed")  # held already
+    assert [line.body for line in local.unprinted()] == ["one", "two", "three"]
+    local.set_printed(local.unprinted()[0].n)
+    assert [line.body for line in local.unprinted()] == ["two", "three"]
+    # Read in the chat window: up to "three" with bob; carol's stays to print.
+    three = local.unprinted()[-1]
+    local.set_read_marker("bob", three.key)
+    assert [line.body for line in local.unprinted()] == ["two"]
+    # History fetched from the hub is old news, never printed as new.
+    local.import_lines("dave", [ImportedLine(b"\4" * 16, False, "old", 5)])
+    assert [line.body for line in local.unprinted()] == ["two"]
+    local.close()

@@ -473,9 +473,16 @@ class LocalStore:
         return (int(ts), int(n or 0))
 
     def set_read_marker(self, peer: str, key: tuple[int, int]) -> None:
-        """Records that everything with ``peer`` up to ``key`` (``(ts, n)``) was read."""
+        """Records that everything with ``peer`` up to ``key`` (``(ts, n)``) was read
+        (so ``duplex inbox`` does not print it again)."""
+        ts, n = key
         with map_exceptions(_ERRORS):
-            self._set(f"read:{peer}", f"{key[0]}:{key[1]}")
+            self._set(f"read:{peer}", f"{ts}:{n}")
+            self._db.execute(
+                "UPDATE messages SET printed = 1 WHERE printed = 0 AND peer = ? "
+                "AND (ts < ? OR (ts = ? AND n <= ?))",
+                (peer, ts, ts, n),
+            )
 
     def unread(self, peer: str, mention: str = "") -> Unread:
         """Counts messages from ``peer`` after the read marker.
