@@ -378,3 +378,34 @@ def test_logout_forgets_the_token_quietly(tmp_path: Path, hub: HubProcess) -> No
     again = duplex(tmp_path, hub, "who", "--user", "alice")  # no token, no password
     assert again.returncode == 2
     assert "no password: set DUPLEX_PASSWORD or run in a terminal" in again.stderr
+
+
+def test_a_one_shot_command_leaves_the_running_client_of_its_device_alone(
+    tmp_path: Path, hub: HubProcess
+) -> None:
+    # One data dir is one device. Before, `duplex send` from a second terminal logged
+    # that device in again, and the hub closed the running `inbox --follow` as the
+    # half-open connection it replaced ("this device logged in again ..."), which then
+    # reconnected: every one-shot command cut the running client off.
+    for user in ("alice", "bob"):
+        assert (
+            duplex(tmp_path, hub, "register", "--user", user, password="pw-" + user * 2).returncode
+            == 0
+        )
+    follow = follow_inbox(tmp_path, hub, "bob")
+    try:
+        out = duplex(tmp_path, hub, "send", "bob", "are you there?", "--user", "alice")
+        assert out.returncode == 0, out.stderr
+        line = follow.stdout.readline() if follow.stdout else ""
+        assert json.loads(line)["text"] == "are you there?"  # so it is online
+        for i in range(3):
+            out = duplex(tmp_path, hub, "send", "alice", f"reply {i}", "--user", "bob")
+            assert out.returncode == 0, out.stderr
+        out = duplex(tmp_path, hub, "send", "bob", "still there?", "--user", "alice")
+        assert out.returncode == 0, out.stderr
+        line = follow.stdout.readline() if follow.stdout else ""
+        assert json.loads(line)["text"] == "still there?"
+    finally:
+        follow.send_signal(signal.SIGTERM)
+        _, err = follow.communicate(timeout=30)
+    assert "replaced" not in err and "reconnecting" not in err, err

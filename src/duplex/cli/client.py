@@ -122,8 +122,13 @@ def _router(config: ClientConfig) -> Any:
     return DirectRouter(identity_dir=config.data_path() / "p2p")
 
 
-async def _client(config: ClientConfig, *, password: str | None = None) -> Any:
-    """A started client: the saved token, else the password (and a token saved)."""
+async def _client(
+    config: ClientConfig, *, password: str | None = None, transient: bool = True
+) -> Any:
+    """A started client: the saved token, else the password (and a token saved).
+
+    ``transient``: a one-shot command, which leaves the session of a client of the
+    same device that runs meanwhile (duplex chat, inbox --follow) alone."""
     from duplex.client import Client
 
     token = _load_token(config)
@@ -139,6 +144,7 @@ async def _client(config: ClientConfig, *, password: str | None = None) -> Any:
         pins=_pins(),
         want_token=True,
         router=_router(config),
+        transient=transient,
     )
     await client.start()
     return client
@@ -245,6 +251,7 @@ def login_cmd(as_json: bool, **kw: Any) -> None:
             tls=config.tls,
             pins=_pins(),
             want_token=True,
+            transient=True,
         )
         await client.start()
         try:
@@ -372,7 +379,7 @@ def inbox_cmd(follow: bool, wait: float, as_json: bool, **kw: Any) -> None:
     async def main() -> None:
         from duplex.client import ConnectionStateChanged, MessageReceived, PresenceChanged
 
-        client = await _client(config)
+        client = await _client(config, transient=not follow)
         shown = False  # a message, printed
 
         def print_new() -> None:

@@ -295,6 +295,9 @@ class Client:
         tls: connect with TLS and pin the hub's certificate (needs ``pins``).
         pins: where pinned hub fingerprints live.
         want_token: ask the hub for a session token (see :attr:`token`).
+        transient: a one-shot command's client: its login leaves the device's other
+            connections alone (a running chat or inbox of the same device keeps its
+            session), where a client's login ends them as half-open.
         session: heartbeat/timeouts before the hub's Welcome overrides them.
         reconnect: keep reconnecting after a loss (False: stop at the first).
         backoff: (first, max) seconds between reconnection attempts.
@@ -315,6 +318,7 @@ class Client:
         tls: bool = False,
         pins: PinStore | None = None,
         want_token: bool = False,
+        transient: bool = False,
         session: SessionConfig | None = None,
         reconnect: bool = True,
         backoff: tuple[float, float] = (0.2, 10.0),
@@ -335,6 +339,7 @@ class Client:
         self.tls = tls
         self.pins = pins
         self.want_token = want_token
+        self.transient = transient
         self.session_config = session or SessionConfig(agent=agent)
         self.reconnect = reconnect
         self.backoff = backoff
@@ -787,6 +792,7 @@ class Client:
                 endpoints=self.endpoints,
                 fingerprint=self.fingerprint,
                 want_token=self.want_token and not self.token,
+                replace=not self.transient,
             )
         )
         try:

@@ -149,7 +149,10 @@ class Login(Message, tag="login", frozen=True):
     rest. ``store`` names the store that sequence counts in, as the ``Welcome`` of an
     earlier login said (empty: not known): when it is not the hub's, the sequence
     means nothing there and the hub sends the mailbox from its start.
-    ``endpoints`` and ``fingerprint`` describe the device's P2P listener.
+    ``endpoints`` and ``fingerprint`` describe the device's P2P listener. ``replace``
+    ends the device's other connections (probably half-open: it lost its network and
+    came back); a one-shot command says False, so that the client the device has
+    running keeps its session.
     """
 
     rid: RID
@@ -162,6 +165,7 @@ class Login(Message, tag="login", frozen=True):
     fingerprint: SHORT = ""
     want_token: bool = False
     store: SHORT = ""
+    replace: bool = True
 
 
 class Logout(Message, tag="logout", frozen=True):
