@@ -103,7 +103,8 @@ async def serve_hub(
 
     Raises:
         StoreCorrupt: the store failed its integrity check.
-        StoreError, ConfigError: the store, broker, TLS or admin cannot be set up.
+        StoreError, ConfigError, BindError: the data dir, store, broker, TLS or admin
+            cannot be set up.
     """
     loop = asyncio.get_running_loop()
     data_dir = config.data_path()
