@@ -8,10 +8,11 @@ import datetime
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from duplex.client import ClientEvent, LocalStore
+from duplex.client import ClientEvent, LocalStore, unsendable
 from duplex.client.events import ConnectionState
 from duplex.client.local import ImportedLine
 from duplex.config import ClientConfig
+from duplex.errors import Unsendable
 from duplex.tui import ChatApp
 from duplex.tui.format import Clock
 from tests.tui.helpers import FIXED_NOW, MemoryTokens
@@ -51,6 +52,9 @@ class FakeClient:
         yield
 
     async def send(self, to: str, text: str) -> bytes:
+        why = unsendable(to, text)  # as the real client refuses it
+        if why:
+            raise Unsendable(why)
         msg_id = len(self.sent).to_bytes(16, "big")
         self.sent.append((to, text))
         self.local.add_outgoing(to, text, msg_id, int(FIXED_NOW * 1000))

@@ -225,3 +225,21 @@ def test_when_the_terminal_loses_focus_the_open_conversation_rings_too(tmp_path:
         assert screen.roster.get("bob").unread == 0
 
     drive(tmp_path, scenario, notify=("bell",))
+
+
+def test_a_message_too_long_to_send_is_refused_and_kept(tmp_path: Path) -> None:
+    async def scenario(app: ChatApp, pilot: Pilot[Any]) -> None:
+        screen = chat_screen(app)
+        huge = "line\n" * 14_000  # 70,000 characters, over the wire's 65,536
+        app.post_message(events.Paste(huge))
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmPaste)
+        await pilot.click("#send")
+        await pilot.pause()
+        assert sent(app) == []
+        assert screen.composer.text == huge  # to be cut down, not lost
+        assert "Not sent: a message is at most 65,536 characters; this one has 70,000." in notices(
+            app
+        )
+
+    drive(tmp_path, scenario)

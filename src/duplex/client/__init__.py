@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from duplex.client.core import Client, PinStore, Router, new_message_id, register
+from duplex.client.core import Client, PinStore, Router, new_message_id, register, unsendable
 from duplex.client.events import (
     ClientEvent,
     ConnectionStateChanged,
@@ -24,4 +24,5 @@ __all__ = [
     "Router",
     "new_message_id",
     "register",
+    "unsendable",
 ]
