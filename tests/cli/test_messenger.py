@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,13 @@ def duplex(
     env.pop("DUPLEX_PASSWORD", None)
     if password is not None:
         env["DUPLEX_PASSWORD"] = password
+    return run_cli(args, env, stdin)
+
+
+def run_cli(
+    args: Sequence[str], env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``duplex ARGS`` in a subprocess, its output captured."""
     return subprocess.run(
         [sys.executable, "-m", "duplex", *args],
         capture_output=True,
@@ -57,6 +65,13 @@ def follow_inbox(tmp: Path, hub: HubProcess, user: str) -> subprocess.Popen[str]
         text=True,
         env=_env(tmp, hub),
     )
+
+
+def register(tmp: Path, hub: HubProcess, *users: str) -> None:
+    """Registers ``users`` (password ``pw-`` + the name twice) through the CLI."""
+    for user in users:
+        done = duplex(tmp, hub, "register", "--user", user, password="pw-" + user * 2)
+        assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture
@@ -167,7 +182,7 @@ def test_send_while_hub_is_down_stays_in_outbox(tmp_path: Path) -> None:
         assert f"stays in the outbox and goes out at the next login to 127.0.0.1:{port}" in (
             queued.stderr
         )
-        unreachable = duplex(tmp_path, hub, "inbox", "--user", "alice", "--wait", "0.5")
+        unreachable = duplex(tmp_path, hub, "inbox", "--user", "alice", "--wait", "1")
         assert unreachable.returncode == 1
         assert unreachable.stderr == (
             f"Error: cannot reach the hub at 127.0.0.1:{port}: connection refused: no hub "
@@ -292,14 +307,7 @@ def test_an_unusable_data_dir_is_one_line(tmp_path: Path) -> None:
         ),
     ]
     for args, words in cases:
-        done = subprocess.run(
-            [sys.executable, "-m", "duplex", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+        done = run_cli(args, env)
         assert done.returncode == 1, done.stderr
         assert done.stderr.startswith(f"Error: {words}"), done.stderr
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
@@ -311,13 +319,7 @@ def test_an_admin_address_in_use_stops_the_hub_in_one_line(tmp_path: Path) -> No
         taken.listen()
         port = taken.getsockname()[1]
         args = ["--port", "0", "--data-dir", str(tmp_path / "hub"), "--admin", f"127.0.0.1:{port}"]
-        done = subprocess.run(
-            [sys.executable, "-m", "duplex", "serve", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_cli(["serve", *args])
     assert done.returncode == 1
     assert done.stderr.endswith(
         f"Error: the admin listener's 127.0.0.1:{port} is already in use (is another server "
@@ -330,11 +332,7 @@ def test_an_admin_address_in_use_stops_the_hub_in_one_line(tmp_path: Path) -> No
 def test_inbox_prints_what_another_command_received(tmp_path: Path, hub: HubProcess) -> None:
     # Before: `duplex send` as bob received alice's message, acked it (alice saw
     # "delivered") and printed nothing; `duplex inbox` then said "no new messages".
-    for user in ("alice", "bob"):
-        assert (
-            duplex(tmp_path, hub, "register", "--user", user, password="pw-" + user * 2).returncode
-            == 0
-        )
+    register(tmp_path, hub, "alice", "bob")
     sent = duplex(tmp_path, hub, "send", "bob", "while you were out", "--user", "alice")
     assert sent.returncode == 0, sent.stderr
     reply = duplex(tmp_path, hub, "send", "alice", "sent before reading", "--user", "bob")
@@ -354,11 +352,7 @@ def test_a_message_too_long_for_the_wire_is_refused_before_it_is_queued(
 ) -> None:
     # Before: it was queued, and every login resent it and was cut off for it
     # ("frame of 2000051 bytes announced"), so nothing after it ever went out.
-    for user in ("alice", "bob"):
-        assert (
-            duplex(tmp_path, hub, "register", "--user", user, password="pw-" + user * 2).returncode
-            == 0
-        )
+    register(tmp_path, hub, "alice", "bob")
     long = duplex(tmp_path, hub, "send", "bob", "-", "--user", "alice", stdin="x" * 70_000)
     assert long.returncode == 1
     assert long.stderr == "Error: a message is at most 65,536 characters; this one has 70,000\n"
@@ -387,11 +381,7 @@ def test_a_one_shot_command_leaves_the_running_client_of_its_device_alone(
     # that device in again, and the hub closed the running `inbox --follow` as the
     # half-open connection it replaced ("this device logged in again ..."), which then
     # reconnected: every one-shot command cut the running client off.
-    for user in ("alice", "bob"):
-        assert (
-            duplex(tmp_path, hub, "register", "--user", user, password="pw-" + user * 2).returncode
-            == 0
-        )
+    register(tmp_path, hub, "alice", "bob")
     follow = follow_inbox(tmp_path, hub, "bob")
     try:
         out = duplex(tmp_path, hub, "send", "bob", "are you there?", "--user", "alice")

@@ -151,7 +151,7 @@ async def _client(
 
 
 def _unreachable(client: Any, config: ClientConfig) -> click.ClickException:
-    why = f": {client.state_detail}" if client.state_detail else ""
+    why = f": {client.last_failure}" if client.last_failure else ""
     return click.ClickException(f"cannot reach the hub at {config.hub}{why}")
 
 
@@ -172,7 +172,7 @@ async def _online(client: Any, config: ClientConfig, timeout: float, flag: str =
         except TimeoutError:
             if client.fatal or timeout <= first:
                 raise
-            why = f" ({client.state_detail})" if client.state_detail else ""
+            why = f" ({client.last_failure})" if client.last_failure else ""
             click.echo(
                 f"the hub at {config.hub} does not answer{why}; trying for "
                 f"{timeout - first:g} s more" + (f" ({flag})" if flag else ""),

@@ -353,8 +353,10 @@ class Client:
         self.observed = ""
         self.hub_last_seq = 0
         """The hub's last mailbox sequence for us at login: caught up when we hold it."""
-        self.state_detail = ""
-        """Why the connection is in its :attr:`state` (e.g. the last connect error)."""
+        self.last_failure = ""
+        """Why the last connection attempt or session ended (e.g. "connection refused:
+        no hub listens there"); empty once online. Unlike the detail of the state
+        events, it outlives the next attempt's ``connecting``."""
         self.hub_local: tuple[str, int] | None = None
         """Our end of the hub connection (the port hole punching reuses)."""
         self.loop = asyncio.get_running_loop()
@@ -495,7 +497,10 @@ class Client:
         if state == self.state and not detail:
             return
         self.state = state
-        self.state_detail = detail
+        if state == "online":
+            self.last_failure = ""
+        elif detail and state in ("reconnecting", "offline"):
+            self.last_failure = detail
         self._state_changed.set()
         if state == "online":
             self._online.set()
