@@ -116,7 +116,10 @@ def test_register_send_offline_then_inbox(tmp_path: Path, hub: HubProcess) -> No
         "3",
         "--json",
     )
-    assert json.loads(follow.stdout)["state"] in ("stored", "delivered")
+    # bob is offline: stored, not delivered within the wait, which --delivered says.
+    assert follow.returncode == 4, follow.stderr
+    assert json.loads(follow.stdout)["state"] == "stored"
+    assert follow.stderr == "no device of bob took it within 3 s; the hub keeps it until one does\n"
     # For a person: the state, and what the path means.
     told = duplex(tmp_path, hub, "send", "carol", "hi", "--user", "alice")
     assert "there is no user 'carol'" in told.stderr
@@ -391,8 +394,9 @@ def test_a_one_shot_command_leaves_the_running_client_of_its_device_alone(
         for i in range(3):
             out = duplex(tmp_path, hub, "send", "alice", f"reply {i}", "--user", "bob")
             assert out.returncode == 0, out.stderr
-        out = duplex(tmp_path, hub, "send", "bob", "still there?", "--user", "alice")
-        assert out.returncode == 0, out.stderr
+        out = duplex(tmp_path, hub, "send", "bob", "still there?", "--user", "alice", "--delivered")
+        assert out.returncode == 0, out.stderr  # bob's running inbox took it
+        assert out.stdout.split("  ")[2].startswith("delivered"), out.stdout
         line = follow.stdout.readline() if follow.stdout else ""
         assert json.loads(line)["text"] == "still there?"
     finally:

@@ -307,14 +307,20 @@ _PATHS = {
     show_default=True,
     help="Seconds to wait for the hub to store it.",
 )
-@click.option("--delivered", is_flag=True, help="Also wait until the recipient's device has it.")
+@click.option(
+    "--delivered",
+    is_flag=True,
+    help="Also wait (--wait) until the recipient's device has it; exit 4 if it did not.",
+)
 @client_options
 def send_cmd(to: str, text: str, wait: float, delivered: bool, as_json: bool, **kw: Any) -> None:
     """Send TEXT to user TO ('-' reads the text from stdin).
 
     Exits 0 once the hub has stored the message durably, printing its id, path and
     state. If the hub cannot be reached, the message stays in your outbox (exit 3)
-    and goes out the next time a duplex command logs in.
+    and goes out the next time a duplex command logs in to that hub. With
+    --delivered, exits 0 once a device of the recipient has it, and 4 if the hub
+    stored it but no device took it within --wait (the hub keeps it for them).
     """
     config = _config(kw)
     if text == "-":
@@ -358,6 +364,12 @@ def send_cmd(to: str, text: str, wait: float, delivered: bool, as_json: bool, **
                 err=True,
             )
             sys.exit(3)
+        if delivered and state != "delivered":
+            click.echo(
+                f"no device of {to} took it within {wait:g} s; the hub keeps it until one does",
+                err=True,
+            )
+            sys.exit(4)
 
     _run(main())
 
