@@ -110,3 +110,21 @@ def test_inbox_prints_each_message_once_and_not_what_was_read_elsewhere(
     local.import_lines("dave", [ImportedLine(b"\4" * 16, False, "old", 5)])
     assert [line.body for line in local.unprinted()] == ["two"]
     local.close()
+
+
+def test_a_message_a_one_shot_command_stored_is_shown_by_the_running_client(
+    tmp_path: Path,
+) -> None:
+    running = LocalStore(tmp_path / "local.db")  # duplex chat, say
+    one_shot = LocalStore(tmp_path / "local.db")  # duplex send, meanwhile
+    # The one-shot command stores it first: new to it (it may print it), left for the
+    # running client to show, once.
+    assert one_shot.add_incoming("bob", b"\1" * 16, "first", 1, "relayed", transient=True)
+    assert running.add_incoming("bob", b"\1" * 16, "first", 1, "relayed")
+    assert not running.add_incoming("bob", b"\1" * 16, "first", 1, "relayed")
+    # The running client first: the one-shot command has nothing to add.
+    assert running.add_incoming("bob", b"\2" * 16, "second", 2, "relayed")
+    assert not one_shot.add_incoming("bob", b"\2" * 16, "second", 2, "relayed", transient=True)
+    assert not running.add_incoming("bob", b"\2" * 16, "second", 2, "relayed")
+    one_shot.close()
+    running.close()

@@ -752,3 +752,37 @@ def test_an_outbox_message_the_wire_cannot_carry_fails_instead_of_blocking(
             await bob.close()
 
     run(scenario())
+
+
+def test_a_one_shot_client_beside_a_running_one_of_its_device_hides_nothing(
+    tmp_path: Path,
+) -> None:
+    # Both sessions of the device get the push. When the one-shot command's client
+    # stores it first, the running one found it "already held" and never showed it.
+    async def scenario() -> None:
+        data = tmp_path / "bob-device"
+        async with running_hub(hub_test_config(tmp_path / "hub")) as hub:
+            alice = await new_client(hub.address, "alice")
+            running = await new_client(hub.address, "bob", data_dir=data)
+            log = EventLog(running)
+            one_shot = await new_client(
+                hub.address, "bob", register_first=False, data_dir=data, transient=True
+            )
+            assert running.state == "online"  # (the one-shot login did not replace it)
+            link = running._link
+            assert link is not None and link.transport is not None
+            link.transport.pause_reading()  # the one-shot client gets it first
+            await alice.send("bob", "hello")
+            got = await wait_for_event(one_shot, MessageReceived)
+            assert got.body == "hello"
+            link.transport.resume_reading()
+            await log.wait(lambda lg: len(lg.of(MessageReceived)) == 1)
+            assert [e.body for e in log.of(MessageReceived)] == ["hello"]
+            await alice.send("bob", "again")  # and nothing twice
+            await log.wait(lambda lg: len(lg.of(MessageReceived)) == 2)
+            assert [e.body for e in log.of(MessageReceived)] == ["hello", "again"]
+            await log.stop()
+            for client in (one_shot, running, alice):
+                await client.close()
+
+    run(scenario())

@@ -607,7 +607,7 @@ class Client:
         Returns:
             True when it was new.
         """
-        if self.local.add_incoming(peer, msg_id, body, ts, path):
+        if self.local.add_incoming(peer, msg_id, body, ts, path, transient=self.transient):
             self.emit(MessageReceived(peer, msg_id, body, ts, path))  # type: ignore[arg-type]
             return True
         return False
@@ -870,7 +870,11 @@ class Client:
         if kind is m.Deliver:
             msg = cast(m.Deliver, msg)
             if msg.seq <= self.local.last_seq:
-                return 0  # already held (a replay overlapping a push)
+                # Already held: a replay overlapping a push, or stored by a one-shot
+                # command of this device meanwhile, which left it for us to show.
+                if msg.kind == "msg" and not self.transient:
+                    self.message_arrived(msg.peer, msg.id, msg.body, msg.ts, msg.path or "relayed")
+                return 0
             if msg.kind == "msg":
                 self._ack_message = True
                 self.message_arrived(msg.peer, msg.id, msg.body, msg.ts, msg.path or "relayed")

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS messages (
     reason    TEXT NOT NULL DEFAULT '',
     store     TEXT NOT NULL DEFAULT '',  -- for 'out': the hub store it is for (see bind)
     printed   INTEGER NOT NULL DEFAULT 1,  -- for 'in': 0 until `duplex inbox` printed it
+    announced INTEGER NOT NULL DEFAULT 1,  -- for 'in': 0 until a running client showed it
     UNIQUE (peer, id, direction)
 );
 CREATE INDEX IF NOT EXISTS messages_queued ON messages (state) WHERE state = 'queued';
@@ -117,6 +118,10 @@ class LocalStore:
             if "printed" not in columns:  # what an older inbox had, it printed (or lost)
                 self._db.execute(
                     "ALTER TABLE messages ADD COLUMN printed INTEGER NOT NULL DEFAULT 1"
+                )
+            if "announced" not in columns:
+                self._db.execute(
+                    "ALTER TABLE messages ADD COLUMN announced INTEGER NOT NULL DEFAULT 1"
                 )
             self._db.execute(
                 "CREATE INDEX IF NOT EXISTS messages_unprinted ON messages (n) WHERE printed = 0"
@@ -307,14 +312,31 @@ class LocalStore:
 
     # -- incoming -----------------------------------------------------------------------
 
-    def add_incoming(self, peer: str, msg_id: bytes, body: str, ts: int, path: str) -> bool:
-        """Records a message for us; False when ``(peer, id)`` was already here."""
+    def add_incoming(
+        self, peer: str, msg_id: bytes, body: str, ts: int, path: str, *, transient: bool = False
+    ) -> bool:
+        """Records a message for us; True when it is to be announced (shown) now.
+
+        That is when ``(peer, id)`` is new here, or when a ``transient`` client (a
+        one-shot command of the same device, in another process) stored it first and
+        this client is not transient: the running client shows what it missed, once.
+        A transient client's rows stay unannounced, so that the running one can.
+        """
         with map_exceptions(_ERRORS):
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO messages "
-                "(peer, id, direction, body, ts, state, path, printed) "
-                "VALUES (?, ?, 'in', ?, ?, 'delivered', ?, 0)",
-                (peer, msg_id, body, ts, path),
+                "(peer, id, direction, body, ts, state, path, printed, announced) "
+                "VALUES (?, ?, 'in', ?, ?, 'delivered', ?, 0, ?)",
+                (peer, msg_id, body, ts, path, 0 if transient else 1),
+            )
+            if cursor.rowcount == 1:
+                return True
+            if transient:
+                return False
+            cursor = self._db.execute(
+                "UPDATE messages SET announced = 1 "
+                "WHERE peer = ? AND id = ? AND direction = 'in' AND announced = 0",
+                (peer, msg_id),
             )
         return cursor.rowcount == 1
 
