@@ -7,7 +7,8 @@ What it guarantees:
   client: it is committed before :meth:`~duplex.client.Client.send` returns, and it
   stays ``queued`` until the hub says ``stored``, so it is sent again after any crash;
 * an incoming message is recorded at most once per ``(peer, id)``
-  (:meth:`LocalStore.add_incoming` says whether it was new), and the mailbox sequence
+  (:meth:`LocalStore.add_incoming` says whether to show it: once per device, whichever
+  of its processes stored it), and the mailbox sequence
   is stored in the same commit, so an ack never runs ahead of what is on disk;
 * the mailbox sequence is kept per hub store (a hub names its store in ``Welcome``):
   sequence numbers count within one store, so the cursor of one hub never makes the
@@ -112,17 +113,11 @@ class LocalStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
-            if "store" not in columns:  # a file from before stores had names
-                self._db.execute("ALTER TABLE messages ADD COLUMN store TEXT NOT NULL DEFAULT ''")
-            if "printed" not in columns:  # what an older inbox had, it printed (or lost)
-                self._db.execute(
-                    "ALTER TABLE messages ADD COLUMN printed INTEGER NOT NULL DEFAULT 1"
-                )
-            if "announced" not in columns:
-                self._db.execute(
-                    "ALTER TABLE messages ADD COLUMN announced INTEGER NOT NULL DEFAULT 1"
-                )
+            # Columns that files from older clients lack: ''/1 says "as before" (any
+            # hub; printed and shown, or lost, by the client of that time).
+            self._add_column("store", "TEXT NOT NULL DEFAULT ''")
+            self._add_column("printed", "INTEGER NOT NULL DEFAULT 1")
+            self._add_column("announced", "INTEGER NOT NULL DEFAULT 1")
             self._db.execute(
                 "CREATE INDEX IF NOT EXISTS messages_unprinted ON messages (n) WHERE printed = 0"
             )
@@ -131,6 +126,16 @@ class LocalStore:
         self._outbox = ""  # what new outgoing messages are bound to ('': any hub)
         self._store = ""  # the store the mailbox sequence counts in ('': not known)
         self._seq_key = "last_seq"
+
+    def _add_column(self, name: str, declaration: str) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+        if name in columns:
+            return
+        try:
+            self._db.execute(f"ALTER TABLE messages ADD COLUMN {name} {declaration}")
+        except sqlite3.OperationalError as exc:  # another process of the device did it
+            if "duplicate column" not in str(exc):
+                raise
 
     def close(self) -> None:
         """Closes the file."""
