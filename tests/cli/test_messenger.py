@@ -394,6 +394,10 @@ def test_a_one_shot_command_leaves_the_running_client_of_its_device_alone(
         for i in range(3):
             out = duplex(tmp_path, hub, "send", "alice", f"reply {i}", "--user", "bob")
             assert out.returncode == 0, out.stderr
+        # `duplex peers` still finds the running client: the one-shot commands of its
+        # device neither took nor removed its state file.
+        peers = duplex(tmp_path, hub, "peers", "--user", "bob", "--json")
+        assert json.loads(peers.stdout)["pid"] == follow.pid, peers.stdout + peers.stderr
         out = duplex(tmp_path, hub, "send", "bob", "still there?", "--user", "alice", "--delivered")
         assert out.returncode == 0, out.stderr  # bob's running inbox took it
         assert out.stdout.split("  ")[2].startswith("delivered"), out.stdout

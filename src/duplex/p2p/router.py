@@ -636,8 +636,8 @@ class DirectRouter:
 
     def _write_state(self, *, closing: bool = False) -> None:
         client = self._client
-        if client is None or client.data_dir is None:
-            return
+        if client is None or client.data_dir is None or client.transient:
+            return  # (a one-shot command is not the client `duplex peers` asks about)
         path = client.data_dir / "peers.json"
         if closing:
             # Leave the file to whichever client is still running.
