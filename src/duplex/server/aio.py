@@ -242,8 +242,10 @@ class AsyncioDriver(Driver):
     def serve_forever(self) -> None:
         """Runs the event loop on this thread until shutdown."""
         with asyncio.Runner(loop_factory=self._loop_factory()) as runner:
-            self._loop = runner.get_loop()
+            # The event first: a SIGTERM between the two found the loop and no event
+            # (AttributeError in the handler, exit status 1; seen about once in 20).
             self._stop = asyncio.Event()
+            self._loop = runner.get_loop()
             if self.stopping:
                 self._stop.set()
             try:
