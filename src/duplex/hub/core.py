@@ -450,9 +450,10 @@ class Hub:
         # One connection per device: a new login of the same device replaces the old
         # one, which is probably half-open (the device lost its network and came back).
         # (Not when a one-shot command of a device says so: its running client stays.)
-        for old in list(self.by_user.get(msg.user, {}).values()) if msg.replace else ():
-            if old.info.device == msg.device:
-                old.conn.close("replaced", "this device logged in again on another connection")
+        if msg.replace:
+            for old in list(self.by_user.get(msg.user, {}).values()):
+                if old.info.device == msg.device:
+                    old.conn.close("replaced", "this device logged in again on another connection")
         live = LiveSession(
             info,
             conn,
